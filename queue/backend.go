@@ -1,0 +1,138 @@
+package queue
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/task"
+)
+
+// Backend is the seam between offload's scheduler and trigger and a durable
+// store. *Queue (bbolt) implements it. Every method is safe for concurrent
+// use. Writes return only when durable.
+type Backend interface {
+	task.Store
+
+	// Enqueue stores a new task. It wraps task.ErrConflict for a caller ID
+	// already taken, task.ErrIdempotencyMismatch for a reused idempotency
+	// key with another fingerprint, task.ErrQueueFull past Job.MaxQueued,
+	// and task.ErrClosed after Close.
+	Enqueue(ctx context.Context, job *Job) (Receipt, error)
+	// CreateBlob starts a body too large to keep inline.
+	CreateBlob() (Blob, error)
+	// OpenBody opens the body of a leased task for reading.
+	OpenBody(l *Lease) (io.ReadCloser, error)
+
+	// Lease claims ready tasks for the requested targets and marks them
+	// Running with their attempt counted.
+	Lease(ctx context.Context, now time.Time, reqs []LeaseRequest) (*LeaseResult, error)
+	// Finish records the outcome of a leased attempt. It wraps
+	// task.ErrLeaseLost if the attempt no longer holds the task.
+	Finish(ctx context.Context, l *Lease, o Outcome) (task.Status, error)
+	// Invalidate marks Invalid every waiting task whose target is not in
+	// known, since nothing will ever run it.
+	Invalidate(ctx context.Context, known []string) (int, error)
+
+	// Subscribe registers fn to hear of tasks becoming ready and of stop
+	// requests for running tasks. fn runs on the store's goroutine and must
+	// not block. The returned func unsubscribes.
+	Subscribe(fn func(Notice)) (unsubscribe func())
+}
+
+// Job is a request to store a new task.
+type Job struct {
+	// ID is a caller-chosen task ID, or "" for a generated one.
+	ID     string
+	Target string
+	// ReadyAt is the earliest start of the first attempt; zero means now.
+	ReadyAt time.Time
+	// IdempotencyKey, when set, makes a second Enqueue with the same key
+	// and Fingerprint return the first task instead of storing another.
+	IdempotencyKey string
+	Fingerprint    [32]byte
+	// MaxQueued bounds the target's unfinished tasks; 0 means no bound.
+	MaxQueued int
+	Request   *reqcodec.Request
+}
+
+// Receipt says what Enqueue stored.
+type Receipt struct {
+	ID string
+	// Replayed is true when an idempotency key matched an earlier task,
+	// whose ID this is; nothing new was stored.
+	Replayed bool
+}
+
+// Blob is a body being written to the store. Close makes it durable;
+// Remove discards it (also after Close, if the enqueue failed).
+type Blob interface {
+	io.Writer
+	Name() string
+	Close() error
+	Remove() error
+}
+
+// LeaseRequest asks for up to Max ready tasks of one target.
+type LeaseRequest struct {
+	Target string
+	Max    int
+	// MaxAge: a task enqueued longer ago than this is Expired instead of
+	// leased. 0 means no limit.
+	MaxAge time.Duration
+}
+
+// LeaseResult is what one Lease call claimed.
+type LeaseResult struct {
+	Leases []*Lease
+	// Expired lists tasks that Lease found past their MaxAge.
+	Expired []*task.Task
+	// Next is the earliest future ready time among the requested targets,
+	// zero if none is waiting.
+	Next time.Time
+}
+
+// Lease is one claimed attempt.
+type Lease struct {
+	ID         string
+	Target     string
+	Attempt    int // this attempt's number, 1-based
+	RetryBase  int // attempts before the last explicit retry
+	CreatedAt  time.Time
+	EnqueuedAt time.Time
+	// Request is the stored request; nil when it cannot be decoded, with
+	// Corrupt saying why (the scheduler then finishes the task Invalid).
+	Request *reqcodec.Request
+	Corrupt error
+	// Key is the backend's own handle for the task.
+	Key []byte
+}
+
+// Outcome is how an attempt ended and what follows.
+type Outcome struct {
+	// Status is Succeeded, Failed, Retrying, Expired or Invalid, or
+	// Enqueued to hand the task back unrun (shutdown), which uncounts the
+	// attempt. A task that was asked to stop ends Stopped whatever this says.
+	Status   task.Status
+	ReadyAt  time.Time // for Retrying
+	Error    string
+	Detail   string
+	Response *task.Response
+}
+
+// NoticeKind says what a Notice reports.
+type NoticeKind int
+
+const (
+	// TaskReady: a task became ready, or a new earliest ready time exists.
+	TaskReady NoticeKind = iota + 1
+	// StopRequested: the running task ID was asked to stop.
+	StopRequested
+)
+
+// Notice is sent to the subscriber after the commit that caused it.
+type Notice struct {
+	Kind NoticeKind
+	ID   string
+}

@@ -1,0 +1,257 @@
+package queue
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/task"
+)
+
+// Top-level buckets. Keys called key16 are a task's 16-byte ULID.
+var (
+	bMeta   = []byte("meta")   // "magic" -> formatMagic
+	bTasks  = []byte("tasks")  // key16 -> job record (immutable)
+	bState  = []byte("state")  // key16 -> state JSON; absent until the first change
+	bIDs    = []byte("ids")    // caller-chosen ID -> key16
+	bReady  = []byte("ready")  // target/ -> readyNs(8) key16 -> nil
+	bIndex  = []byte("index")  // target/ -> statusByte key16 -> nil
+	bCounts = []byte("counts") // target 0x00 statusByte -> uint64
+	bDone   = []byte("done")   // finishedNs(8) key16 -> nil, for retention
+	bIdem   = []byte("idem")   // target 0x00 idempotency key -> fingerprint(32) key16
+	bBlobs  = []byte("blobs")  // blob name -> key16
+
+	topBuckets = [][]byte{bMeta, bTasks, bState, bIDs, bReady, bIndex, bCounts, bDone, bIdem, bBlobs}
+
+	magicKey    = []byte("magic")
+	formatMagic = []byte("offload-queue/1")
+)
+
+// maxEvents bounds a task's history: the first event and the latest ones.
+const maxEvents = 64
+
+func statusByte(s task.Status) byte {
+	for i, st := range task.Statuses {
+		if st == s {
+			return byte(i + 1)
+		}
+	}
+	panic("queue: unknown status " + string(s)) // statuses come from task constants only
+}
+
+func statusOf(b byte) (task.Status, bool) {
+	if b == 0 || int(b) > len(task.Statuses) {
+		return "", false
+	}
+	return task.Statuses[b-1], true
+}
+
+func waiting(s task.Status) bool { return s == task.Enqueued || s == task.Retrying }
+
+func unfinished(s task.Status) bool { return !s.Terminal() }
+
+func timeKey(t time.Time, key []byte) []byte {
+	k := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	return append(k, key...)
+}
+
+func statusKey(s task.Status, key []byte) []byte {
+	return append([]byte{statusByte(s)}, key...)
+}
+
+func countKey(target string, s task.Status) []byte {
+	return append(append([]byte(target), 0), statusByte(s))
+}
+
+func idemKey(target, key string) []byte {
+	return append(append([]byte(target), 0), key...)
+}
+
+// jobMeta is the head of a job record: what the queue itself needs.
+type jobMeta struct {
+	callerID string
+	target   string
+	created  time.Time
+	readyAt  time.Time
+	idemKey  string
+}
+
+const recordVersion = 1
+
+func appendRecord(dst []byte, m *jobMeta, req *reqcodec.Request) []byte {
+	dst = append(dst, recordVersion)
+	dst = appendString(dst, m.callerID)
+	dst = appendString(dst, m.target)
+	dst = binary.AppendVarint(dst, m.created.UnixNano())
+	dst = binary.AppendVarint(dst, m.readyAt.UnixNano())
+	dst = appendString(dst, m.idemKey)
+	return reqcodec.Append(dst, req)
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decodeMeta decodes a job record's head and returns the encoded request
+// that follows it (sharing b's memory).
+func decodeMeta(b []byte) (*jobMeta, []byte, error) {
+	if len(b) == 0 || b[0] != recordVersion {
+		return nil, nil, fmt.Errorf("%w: unknown job record version", reqcodec.ErrCorrupt)
+	}
+	b = b[1:]
+	m := &jobMeta{}
+	var ok bool
+	if m.callerID, b, ok = readString(b); !ok {
+		return nil, nil, errTruncated
+	}
+	if m.target, b, ok = readString(b); !ok {
+		return nil, nil, errTruncated
+	}
+	var created, ready int64
+	if created, b, ok = readVarint(b); !ok {
+		return nil, nil, errTruncated
+	}
+	if ready, b, ok = readVarint(b); !ok {
+		return nil, nil, errTruncated
+	}
+	if m.idemKey, b, ok = readString(b); !ok {
+		return nil, nil, errTruncated
+	}
+	m.created, m.readyAt = time.Unix(0, created).UTC(), time.Unix(0, ready).UTC()
+	return m, b, nil
+}
+
+var errTruncated = fmt.Errorf("%w: truncated job record", reqcodec.ErrCorrupt)
+
+func readString(b []byte) (string, []byte, bool) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return "", nil, false
+	}
+	return string(b[k : k+int(n)]), b[k+int(n):], true
+}
+
+func readVarint(b []byte) (int64, []byte, bool) {
+	v, k := binary.Varint(b)
+	if k <= 0 {
+		return 0, nil, false
+	}
+	return v, b[k:], true
+}
+
+// state is a task's mutable part.
+type state struct {
+	Status     task.Status    `json:"status"`
+	Attempts   int            `json:"attempts,omitempty"`
+	RetryBase  int            `json:"retryBase,omitempty"`
+	EnqueuedAt time.Time      `json:"enqueuedAt"`
+	StartedAt  time.Time      `json:"startedAt,omitzero"`
+	FinishedAt time.Time      `json:"finishedAt,omitzero"`
+	ReadyAt    time.Time      `json:"readyAt,omitzero"`
+	LastError  string         `json:"lastError,omitempty"`
+	Events     []task.Event   `json:"events,omitempty"`
+	Response   *task.Response `json:"response,omitempty"`
+}
+
+// initialState is the state of a task that has not changed since enqueue,
+// which is stored as no state record at all.
+func initialState(m *jobMeta) *state {
+	return &state{
+		Status:     task.Enqueued,
+		EnqueuedAt: m.created,
+		ReadyAt:    m.readyAt,
+		Events:     []task.Event{{Time: m.created, Status: task.Enqueued}},
+	}
+}
+
+func (s *state) addEvent(e task.Event) {
+	if len(s.Events) >= maxEvents {
+		s.Events = append(s.Events[:1], s.Events[len(s.Events)-maxEvents+2:]...)
+	}
+	s.Events = append(s.Events, e)
+}
+
+func loadState(tx *bolt.Tx, key []byte, m *jobMeta) (*state, error) {
+	v := tx.Bucket(bState).Get(key)
+	if v == nil {
+		return initialState(m), nil
+	}
+	s := &state{}
+	if err := json.Unmarshal(v, s); err != nil {
+		return nil, fmt.Errorf("%w: state of %s: %v", reqcodec.ErrCorrupt, ulidString(key), err)
+	}
+	return s, nil
+}
+
+func ulidString(key []byte) string {
+	var id ulid.ULID
+	copy(id[:], key)
+	return id.String()
+}
+
+// taskID is the public ID of the task stored under key.
+func taskID(key []byte, m *jobMeta) string {
+	if m.callerID != "" {
+		return m.callerID
+	}
+	return ulidString(key)
+}
+
+// resolve finds the key16 of a task ID, or nil.
+func resolve(tx *bolt.Tx, id string) []byte {
+	if task.IsGenerated(id) {
+		u, err := ulid.ParseStrict(id)
+		if err != nil {
+			return nil
+		}
+		if tx.Bucket(bTasks).Get(u[:]) == nil {
+			return nil
+		}
+		return append([]byte(nil), u[:]...)
+	}
+	if k := tx.Bucket(bIDs).Get([]byte(id)); k != nil {
+		return append([]byte(nil), k...)
+	}
+	return nil
+}
+
+func buildTask(key []byte, m *jobMeta, s *state, req *reqcodec.Request, withBody bool) *task.Task {
+	t := &task.Task{
+		ID:         taskID(key, m),
+		Target:     m.target,
+		Status:     s.Status,
+		Attempts:   s.Attempts,
+		RetryBase:  s.RetryBase,
+		CreatedAt:  m.created,
+		EnqueuedAt: s.EnqueuedAt,
+		StartedAt:  s.StartedAt,
+		FinishedAt: s.FinishedAt,
+		LastError:  s.LastError,
+		Events:     s.Events,
+		Response:   s.Response,
+	}
+	if waiting(s.Status) {
+		t.ReadyAt = s.ReadyAt
+	}
+	if req != nil {
+		t.Request = task.Request{
+			Method:     req.Method,
+			URL:        req.RequestURI,
+			Host:       req.Host,
+			RemoteAddr: req.RemoteAddr,
+			Header:     req.Header,
+			BodySize:   req.BodySize,
+		}
+		if withBody {
+			t.Request.Body = req.Body
+		}
+	}
+	return t
+}

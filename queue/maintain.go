@@ -1,0 +1,182 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/offload-go/offload/internal/reqcodec"
+)
+
+// init checks that the file is an offload queue (making a new file one),
+// recovers what a dead process left running, and removes orphaned blobs.
+func (q *Queue) init() error {
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bMeta)
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return ErrNotOffload
+			}
+		} else if magic := meta.Get(magicKey); !bytes.Equal(magic, formatMagic) {
+			return fmt.Errorf("%w: format %q", ErrNotOffload, magic)
+		}
+		for _, name := range topBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bMeta).Put(magicKey, formatMagic); err != nil {
+			return err
+		}
+		w := &writer{q: q, tx: tx, now: q.opts.Now()}
+		w.cacheBuckets()
+		rec := &recoverOp{}
+		if err := rec.apply(w); err != nil {
+			return err
+		}
+		if rec.n > 0 {
+			q.log.Warn("offload queue: recovered attempts lost with a previous process", "tasks", rec.n)
+		}
+		return w.flushCounts()
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(q.blobDir, 0o700); err != nil {
+		return err
+	}
+	return q.sweepBlobs()
+}
+
+// sweepBlobs removes blob files that no task refers to: bodies whose
+// enqueue failed or never committed, and ones whose purge did not finish.
+func (q *Queue) sweepBlobs() error {
+	entries, err := os.ReadDir(q.blobDir)
+	if err != nil {
+		return err
+	}
+	return q.db.View(func(tx *bolt.Tx) error {
+		refs := tx.Bucket(bBlobs)
+		for _, e := range entries {
+			if refs.Get([]byte(e.Name())) == nil {
+				if err := os.Remove(filepath.Join(q.blobDir, e.Name())); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func (q *Queue) purgeLoop() {
+	defer q.wg.Done()
+	t := time.NewTicker(q.opts.PurgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.stop:
+			return
+		case <-t.C:
+			if _, err := q.Purge(context.Background()); err != nil {
+				q.log.Error("offload queue: purge failed", "err", err)
+			}
+		}
+	}
+}
+
+// Purge deletes tasks that finished longer than Options.Retention ago,
+// with their blobs, in small transactions, and returns how many it
+// deleted. Unfinished tasks are never purged. It runs every
+// Options.PurgeInterval on its own; call it to purge now.
+func (q *Queue) Purge(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		o := &purgeOp{before: q.opts.Now().Add(-q.opts.Retention)}
+		if err := q.submit(ctx, o); err != nil {
+			return total, err
+		}
+		for _, name := range o.blobs {
+			if err := os.Remove(filepath.Join(q.blobDir, name)); err != nil && !os.IsNotExist(err) {
+				q.log.Warn("offload queue: remove blob", "blob", name, "err", err)
+			}
+		}
+		total += o.n
+		if o.n < purgeBatch {
+			return total, nil
+		}
+	}
+}
+
+type purgeOp struct {
+	before time.Time
+	n      int
+	blobs  []string
+}
+
+func (o *purgeOp) apply(w *writer) error {
+	limit := uint64(o.before.UnixNano())
+	var keys [][]byte
+	c := w.done.Cursor()
+	for k, _ := c.First(); k != nil && len(keys) < purgeBatch; k, _ = c.Next() {
+		if binary.BigEndian.Uint64(k) >= limit {
+			break
+		}
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, dk := range keys {
+		key := dk[8:]
+		rec := w.tasks.Get(key)
+		m, reqBytes, err := decodeMeta(rec)
+		if err != nil {
+			return err
+		}
+		s, err := loadState(w.tx, key, m)
+		if err != nil {
+			return err
+		}
+		if !s.Status.Terminal() {
+			return fmt.Errorf("done index lists unfinished task %s", ulidString(key))
+		}
+		if req, err := reqcodec.Decode(reqBytes); err == nil && req.Blob != "" {
+			o.blobs = append(o.blobs, req.Blob)
+			if err := w.blobs.Delete([]byte(req.Blob)); err != nil {
+				return err
+			}
+		}
+		if ib := w.index.Bucket([]byte(m.target)); ib != nil {
+			if err := ib.Delete(statusKey(s.Status, key)); err != nil {
+				return err
+			}
+		}
+		w.count(m.target, s.Status, -1)
+		if m.callerID != "" {
+			if err := w.ids.Delete([]byte(m.callerID)); err != nil {
+				return err
+			}
+		}
+		if m.idemKey != "" {
+			if err := w.idem.Delete(idemKey(m.target, m.idemKey)); err != nil {
+				return err
+			}
+		}
+		for _, del := range []func() error{
+			func() error { return w.done.Delete(dk) },
+			func() error { return w.states.Delete(key) },
+			func() error { return w.tasks.Delete(key) },
+		} {
+			if err := del(); err != nil {
+				return err
+			}
+		}
+		o.n++
+	}
+	return nil
+}

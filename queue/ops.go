@@ -1,0 +1,434 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/task"
+)
+
+// Enqueue implements Backend. The request is encoded on the caller's
+// goroutine; only the writes happen on the committer's.
+func (q *Queue) Enqueue(ctx context.Context, job *Job) (Receipt, error) {
+	if err := task.CheckTarget(job.Target); err != nil {
+		return Receipt{}, err
+	}
+	if job.ID != "" {
+		if err := task.CheckCallerID(job.ID); err != nil {
+			return Receipt{}, err
+		}
+	}
+	if job.Request == nil {
+		return Receipt{}, fmt.Errorf("queue: enqueue: nil request")
+	}
+	now := q.opts.Now()
+	m := &jobMeta{callerID: job.ID, target: job.Target, created: now, readyAt: job.ReadyAt, idemKey: job.IdempotencyKey}
+	if m.readyAt.Before(now) {
+		m.readyAt = now
+	}
+	key := task.NewULID(now)
+	o := &enqueueOp{key: key[:], meta: m, job: job, record: appendRecord(nil, m, job.Request)}
+	if err := q.submit(ctx, o); err != nil {
+		return Receipt{}, err
+	}
+	return o.receipt, o.err
+}
+
+type enqueueOp struct {
+	key     []byte
+	meta    *jobMeta
+	job     *Job
+	record  []byte
+	receipt Receipt
+	err     error
+}
+
+func (o *enqueueOp) apply(w *writer) error {
+	m, job := o.meta, o.job
+	if m.callerID != "" && w.ids.Get([]byte(m.callerID)) != nil {
+		o.err = fmt.Errorf("%w: %s", task.ErrConflict, m.callerID)
+		return nil
+	}
+	if m.idemKey != "" {
+		if v := w.idem.Get(idemKey(m.target, m.idemKey)); len(v) == 48 {
+			if !bytes.Equal(v[:32], job.Fingerprint[:]) {
+				o.err = task.ErrIdempotencyMismatch
+				return nil
+			}
+			em, _, err := decodeMeta(w.tasks.Get(v[32:]))
+			if err != nil {
+				return err
+			}
+			o.receipt = Receipt{ID: taskID(v[32:], em), Replayed: true}
+			return nil
+		}
+	}
+	if job.MaxQueued > 0 && w.liveCount(m.target) >= int64(job.MaxQueued) {
+		o.err = fmt.Errorf("%w: target %s has %d unfinished tasks", task.ErrQueueFull, m.target, job.MaxQueued)
+		return nil
+	}
+	if err := w.tasks.Put(o.key, o.record); err != nil {
+		return err
+	}
+	if m.callerID != "" {
+		if err := w.ids.Put([]byte(m.callerID), o.key); err != nil {
+			return err
+		}
+	}
+	if m.idemKey != "" {
+		if err := w.idem.Put(idemKey(m.target, m.idemKey), append(job.Fingerprint[:], o.key...)); err != nil {
+			return err
+		}
+	}
+	if blob := job.Request.Blob; blob != "" {
+		if err := w.blobs.Put([]byte(blob), o.key); err != nil {
+			return err
+		}
+	}
+	if err := w.insert(o.key, m.target, m.readyAt); err != nil {
+		return err
+	}
+	o.receipt = Receipt{ID: taskID(o.key, m)}
+	return nil
+}
+
+// Lease implements Backend.
+func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []LeaseRequest) (*LeaseResult, error) {
+	o := &leaseOp{now: now, reqs: reqs}
+	if err := q.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	res := &LeaseResult{Next: o.next, Expired: o.expired}
+	for _, c := range o.claimed {
+		l := &Lease{
+			ID: c.id, Target: c.meta.target, Attempt: c.attempt, RetryBase: c.retryBase,
+			CreatedAt: c.meta.created, EnqueuedAt: c.enqueuedAt, Key: c.key,
+		}
+		l.Request, l.Corrupt = reqcodec.Decode(c.request)
+		res.Leases = append(res.Leases, l)
+	}
+	return res, nil
+}
+
+type claim struct {
+	key, request []byte
+	id           string
+	meta         *jobMeta
+	attempt      int
+	retryBase    int
+	enqueuedAt   time.Time
+}
+
+type leaseOp struct {
+	now     time.Time
+	reqs    []LeaseRequest
+	claimed []claim
+	expired []*task.Task
+	next    time.Time
+}
+
+func (o *leaseOp) apply(w *writer) error {
+	nowNs := uint64(o.now.UnixNano())
+	for _, r := range o.reqs {
+		rb := w.ready.Bucket([]byte(r.Target))
+		if rb == nil {
+			continue
+		}
+		var keys [][]byte
+		c := rb.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < r.Max; k, _ = c.Next() {
+			if binary.BigEndian.Uint64(k) > nowNs {
+				break
+			}
+			keys = append(keys, append([]byte(nil), k[8:]...))
+		}
+		for _, key := range keys {
+			if err := o.claim(w, key, r); err != nil {
+				return err
+			}
+		}
+		if k, _ := rb.Cursor().First(); k != nil {
+			if t := binary.BigEndian.Uint64(k); t > nowNs {
+				if next := time.Unix(0, int64(t)).UTC(); o.next.IsZero() || next.Before(o.next) {
+					o.next = next
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
+	rec := w.tasks.Get(key)
+	m, reqBytes, err := decodeMeta(rec)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", ulidString(key), err)
+	}
+	s, err := loadState(w.tx, key, m)
+	if err != nil {
+		return err
+	}
+	if r.MaxAge > 0 && o.now.Sub(s.EnqueuedAt) > r.MaxAge {
+		s.LastError = fmt.Sprintf("not run within MaxAge %s", r.MaxAge)
+		if err := w.move(key, m, s, task.Expired, time.Time{}, s.LastError); err != nil {
+			return err
+		}
+		o.expired = append(o.expired, buildTask(key, m, s, nil, false))
+		return nil
+	}
+	s.Attempts++
+	s.StartedAt = o.now
+	if err := w.move(key, m, s, task.Running, time.Time{}, ""); err != nil {
+		return err
+	}
+	o.claimed = append(o.claimed, claim{
+		key: key, request: append([]byte(nil), reqBytes...), id: taskID(key, m), meta: m,
+		attempt: s.Attempts, retryBase: s.RetryBase, enqueuedAt: s.EnqueuedAt,
+	})
+	return nil
+}
+
+// Finish implements Backend.
+func (q *Queue) Finish(ctx context.Context, l *Lease, out Outcome) (task.Status, error) {
+	switch out.Status {
+	case task.Succeeded, task.Failed, task.Retrying, task.Expired, task.Invalid, task.Enqueued:
+	default:
+		return "", fmt.Errorf("queue: finish %s: %w: outcome %s", l.ID, task.ErrInvalidTransition, out.Status)
+	}
+	o := &finishOp{lease: l, out: out}
+	if err := q.submit(ctx, o); err != nil {
+		return "", err
+	}
+	return o.final, o.err
+}
+
+type finishOp struct {
+	lease *Lease
+	out   Outcome
+	final task.Status
+	err   error
+}
+
+func (o *finishOp) apply(w *writer) error {
+	l, out := o.lease, o.out
+	m, s, err := w.load(l.Key)
+	if err != nil {
+		return err
+	}
+	if m == nil || (s.Status != task.Running && s.Status != task.Stopping) || s.Attempts != l.Attempt {
+		o.err = fmt.Errorf("queue: finish %s attempt %d: %w", l.ID, l.Attempt, task.ErrLeaseLost)
+		return nil
+	}
+	to, detail := out.Status, out.Detail
+	if s.Status == task.Stopping {
+		to = task.Stopped
+		detail = joinDetail("stopped on request", fmt.Sprintf("attempt ended as %s", out.Status), out.Detail)
+	}
+	if to == task.Enqueued && s.Status == task.Running {
+		s.Attempts-- // handed back unrun: the attempt does not count
+	}
+	if out.Error != "" {
+		s.LastError = out.Error
+	}
+	if out.Response != nil {
+		s.Response = out.Response
+	}
+	readyAt := out.ReadyAt
+	if readyAt.Before(w.now) {
+		readyAt = w.now
+	}
+	if err := w.move(l.Key, m, s, to, readyAt, detail); err != nil {
+		return err
+	}
+	o.final = to
+	return nil
+}
+
+func joinDetail(parts ...string) string {
+	var b []byte
+	for _, p := range parts {
+		if p == "" {
+			continue
+		}
+		if len(b) > 0 {
+			b = append(b, "; "...)
+		}
+		b = append(b, p...)
+	}
+	return string(b)
+}
+
+// StopTask implements task.Store.
+func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
+	return q.control(ctx, &controlOp{
+		id: id,
+		check: func(s *state) error {
+			if s.Status.Terminal() {
+				return fmt.Errorf("queue: stop %s: %w (%s)", id, task.ErrFinished, s.Status)
+			}
+			return nil
+		},
+		do: func(w *writer, key []byte, m *jobMeta, s *state) error {
+			switch s.Status {
+			case task.Stopping:
+				return nil
+			case task.Running:
+				w.notices = append(w.notices, Notice{Kind: StopRequested, ID: id})
+				return w.move(key, m, s, task.Stopping, time.Time{}, "stop requested")
+			default:
+				return w.move(key, m, s, task.Stopped, time.Time{}, "stopped on request")
+			}
+		},
+	})
+}
+
+// RetryTask implements task.Store.
+func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, error) {
+	return q.control(ctx, &controlOp{
+		id: id,
+		check: func(s *state) error {
+			if !s.Status.Retryable() {
+				return fmt.Errorf("queue: retry %s: %w (%s)", id, task.ErrNotRetryable, s.Status)
+			}
+			return nil
+		},
+		do: func(w *writer, key []byte, m *jobMeta, s *state) error {
+			s.RetryBase = s.Attempts
+			s.EnqueuedAt = w.now
+			s.LastError = ""
+			return w.move(key, m, s, task.Enqueued, w.now, reason)
+		},
+	})
+}
+
+// controlOp changes one task found by ID: check decides, before anything
+// is written, whether the change is allowed; do writes it.
+type controlOp struct {
+	id    string
+	check func(s *state) error
+	do    func(w *writer, key []byte, m *jobMeta, s *state) error
+	err   error
+}
+
+func (o *controlOp) apply(w *writer) error {
+	key := resolve(w.tx, o.id)
+	if key == nil {
+		o.err = fmt.Errorf("queue: %s: %w", o.id, task.ErrNotFound)
+		return nil
+	}
+	m, s, err := w.load(key)
+	if err != nil {
+		return err
+	}
+	if o.err = o.check(s); o.err != nil {
+		return nil
+	}
+	return o.do(w, key, m, s)
+}
+
+func (q *Queue) control(ctx context.Context, o *controlOp) (*task.Task, error) {
+	if err := q.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	if o.err != nil {
+		return nil, o.err
+	}
+	// Fill the request summary outside the committer.
+	return q.GetTask(ctx, o.id)
+}
+
+// Invalidate implements Backend.
+func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
+	o := &invalidateOp{known: known}
+	if err := q.submit(ctx, o); err != nil {
+		return 0, err
+	}
+	return o.n, nil
+}
+
+type invalidateOp struct {
+	known []string
+	n     int
+}
+
+func (o *invalidateOp) apply(w *writer) error {
+	isKnown := make(map[string]bool, len(o.known))
+	for _, k := range o.known {
+		isKnown[k] = true
+	}
+	var targets []string
+	err := w.ready.ForEachBucket(func(name []byte) error {
+		if !isKnown[string(name)] {
+			targets = append(targets, string(name))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, target := range targets {
+		var keys [][]byte
+		c := w.ready.Bucket([]byte(target)).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k[8:]...))
+		}
+		for _, key := range keys {
+			m, s, err := w.load(key)
+			if err != nil {
+				return err
+			}
+			s.LastError = fmt.Sprintf("target %q is not registered", target)
+			if err := w.move(key, m, s, task.Invalid, time.Time{}, s.LastError); err != nil {
+				return err
+			}
+			o.n++
+		}
+	}
+	return nil
+}
+
+// recoverOp runs once at Open: attempts that a dead process left Running
+// are made ready again (the attempt stays counted); Stopping ones end Stopped.
+type recoverOp struct{ n int }
+
+func (o *recoverOp) apply(w *writer) error {
+	type found struct {
+		key    []byte
+		status task.Status
+	}
+	var all []found
+	err := w.index.ForEachBucket(func(target []byte) error {
+		c := w.index.Bucket(target).Cursor()
+		for _, st := range []task.Status{task.Running, task.Stopping} {
+			p := []byte{statusByte(st)}
+			for k, _ := c.Seek(p); k != nil && k[0] == p[0]; k, _ = c.Next() {
+				all = append(all, found{append([]byte(nil), k[1:]...), st})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, f := range all {
+		m, s, err := w.load(f.key)
+		if err != nil {
+			return err
+		}
+		detail := fmt.Sprintf("process lost during attempt %d", s.Attempts)
+		to := task.Retrying
+		if f.status == task.Stopping {
+			to = task.Stopped
+		}
+		s.LastError = detail
+		if err := w.move(f.key, m, s, to, w.now, detail); err != nil {
+			return err
+		}
+		o.n++
+	}
+	return nil
+}

@@ -1,0 +1,260 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/offload-go/offload/task"
+)
+
+// Defaults for Options.
+const (
+	DefaultLockTimeout     = 5 * time.Second
+	DefaultInlineBodyLimit = 256 << 10
+	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultPurgeInterval   = time.Minute
+	purgeBatch             = 500
+)
+
+// Options configures Open. A nil *Options means all defaults.
+type Options struct {
+	// LockTimeout bounds the wait for a database locked by another
+	// process. Defaults to DefaultLockTimeout.
+	LockTimeout time.Duration
+	// InlineBodyLimit is the largest body kept inside the database; larger
+	// ones go to blob files. Defaults to DefaultInlineBodyLimit.
+	InlineBodyLimit int
+	// Retention is how long finished tasks are kept before they are
+	// purged. Defaults to DefaultRetention (7 days, as in FC).
+	Retention time.Duration
+	// PurgeInterval is how often retention runs. Defaults to
+	// DefaultPurgeInterval.
+	PurgeInterval time.Duration
+	// Logger receives the queue's own events. If nil, slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. If nil, time.Now. Tests set it.
+	Now func() time.Time
+}
+
+// Queue is the bbolt backend. It implements Backend and task.Store.
+type Queue struct {
+	db       *bolt.DB
+	path     string
+	blobDir  string
+	opts     Options
+	log      *slog.Logger
+	kick     chan struct{}
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closeMu  sync.Once
+	closeErr error
+
+	mu         sync.Mutex // guards pending, closed and subscriber
+	pending    *batch
+	closed     bool
+	subscriber func(Notice)
+}
+
+var _ Backend = (*Queue)(nil)
+
+// ErrNotOffload is wrapped by Open for a file that is a database but not an
+// offload queue, or not a bbolt database at all.
+var ErrNotOffload = errors.New("not an offload queue database")
+
+// ErrLocked is wrapped by Open when another process holds the database
+// past Options.LockTimeout.
+var ErrLocked = errors.New("database is locked by another process")
+
+// Open opens (creating it 0600 if missing) the queue database at path, and
+// its blob directory path+".blobs" (0700). Tasks left Running by a process
+// that died are made ready again with that attempt counted.
+func Open(path string, opts *Options) (*Queue, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.LockTimeout = cmp.Or(o.LockTimeout, DefaultLockTimeout)
+	o.InlineBodyLimit = cmp.Or(o.InlineBodyLimit, DefaultInlineBodyLimit)
+	o.Retention = cmp.Or(o.Retention, DefaultRetention)
+	o.PurgeInterval = cmp.Or(o.PurgeInterval, DefaultPurgeInterval)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.LockTimeout < 0 || o.InlineBodyLimit < 0 || o.Retention < 0 || o.PurgeInterval < 0 {
+		return nil, fmt.Errorf("queue: open %s: negative option", path)
+	}
+
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         o.LockTimeout,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 1 << 30,
+	})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("queue: open %s: %w (waited %s)", path, ErrLocked, o.LockTimeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("queue: open %s: %w: %w", path, ErrNotOffload, err)
+	case err != nil:
+		return nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
+	q := &Queue{
+		db:      db,
+		path:    path,
+		blobDir: path + ".blobs",
+		opts:    o,
+		log:     o.Logger,
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		pending: newBatch(),
+	}
+	if err := q.init(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
+	q.wg.Add(2)
+	go q.commitLoop()
+	go q.purgeLoop()
+	return q, nil
+}
+
+// Path returns the database file's path.
+func (q *Queue) Path() string { return q.path }
+
+// Close stops the queue's goroutines after committing what is pending and
+// closes the database. It is safe to call more than once.
+func (q *Queue) Close() error {
+	q.closeMu.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		close(q.stop)
+		q.wg.Wait()
+		q.closeErr = q.db.Close()
+	})
+	return q.closeErr
+}
+
+// Subscribe implements Backend. One subscriber at a time is kept: the
+// scheduler.
+func (q *Queue) Subscribe(fn func(Notice)) func() {
+	q.mu.Lock()
+	q.subscriber = fn
+	q.mu.Unlock()
+	return func() {
+		q.mu.Lock()
+		q.subscriber = nil
+		q.mu.Unlock()
+	}
+}
+
+// op is one write. apply returns an error only for a failure that must
+// abort the whole transaction; an op's own outcome (a conflict, say) is
+// kept on the op, decided before it writes anything.
+type op interface {
+	apply(w *writer) error
+}
+
+type batch struct {
+	ops  []op
+	done chan struct{}
+	err  error
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+// submit queues o for the next commit and waits until it is durable. A
+// cancelled ctx is honoured only before o is queued: once queued, the
+// outcome is waited for, so that a caller never reports failure for what
+// was stored.
+func (q *Queue) submit(ctx context.Context, o op) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return task.ErrClosed
+	}
+	b := q.pending
+	b.ops = append(b.ops, o)
+	q.mu.Unlock()
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+	<-b.done
+	return b.err
+}
+
+// commitLoop is the single committer: it writes everything queued since
+// its last commit in one transaction, with no timer wait, so concurrent
+// writers share fsyncs.
+func (q *Queue) commitLoop() {
+	defer q.wg.Done()
+	for {
+		select {
+		case <-q.kick:
+		case <-q.stop:
+			// Close refuses new ops before closing stop; commit the rest.
+			q.commitPending()
+			return
+		}
+		q.commitPending()
+	}
+}
+
+func (q *Queue) commitPending() {
+	q.mu.Lock()
+	b := q.pending
+	q.pending = newBatch()
+	q.mu.Unlock()
+	if len(b.ops) == 0 {
+		return
+	}
+	w := &writer{q: q, now: q.opts.Now()}
+	b.err = q.db.Update(func(tx *bolt.Tx) error {
+		w.tx = tx
+		w.cacheBuckets()
+		for _, o := range b.ops {
+			if err := o.apply(w); err != nil {
+				return err
+			}
+		}
+		return w.flushCounts()
+	})
+	if b.err != nil {
+		b.err = fmt.Errorf("queue: commit: %w", b.err)
+		q.log.Error("offload queue: commit failed", "ops", len(b.ops), "err", b.err)
+	}
+	close(b.done)
+	if b.err == nil {
+		q.notify(w.notices, w.wake)
+	}
+}
+
+func (q *Queue) notify(notices []Notice, ready bool) {
+	q.mu.Lock()
+	fn := q.subscriber
+	q.mu.Unlock()
+	if fn == nil {
+		return
+	}
+	for _, n := range notices {
+		fn(n)
+	}
+	if ready {
+		fn(Notice{Kind: TaskReady})
+	}
+}

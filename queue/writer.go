@@ -1,0 +1,194 @@
+package queue
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/offload-go/offload/task"
+)
+
+// writer is one write transaction as the ops see it: bucket handles,
+// status moves that keep every index in step, and what to announce after
+// the commit.
+type writer struct {
+	q   *Queue
+	tx  *bolt.Tx
+	now time.Time
+
+	tasks, states, ids, ready, index, counts, done, idem, blobs *bolt.Bucket
+
+	// countDelta collects counter changes, written once per transaction.
+	countDelta map[string]int64
+	notices    []Notice
+	wake       bool // a task became ready, or the earliest ready time may have moved
+}
+
+func (w *writer) cacheBuckets() {
+	b := w.tx.Bucket
+	w.tasks, w.states, w.ids, w.ready, w.index = b(bTasks), b(bState), b(bIDs), b(bReady), b(bIndex)
+	w.counts, w.done, w.idem, w.blobs = b(bCounts), b(bDone), b(bIdem), b(bBlobs)
+	// Append-mostly buckets: ULID and time keys grow, so pack pages full.
+	w.tasks.FillPercent = 1.0
+	w.done.FillPercent = 1.0
+}
+
+func (w *writer) sub(parent *bolt.Bucket, target string) (*bolt.Bucket, error) {
+	b := parent.Bucket([]byte(target))
+	if b != nil {
+		return b, nil
+	}
+	return parent.CreateBucket([]byte(target))
+}
+
+func (w *writer) count(target string, s task.Status, delta int64) {
+	if w.countDelta == nil {
+		w.countDelta = make(map[string]int64)
+	}
+	w.countDelta[string(countKey(target, s))] += delta
+}
+
+func (w *writer) flushCounts() error {
+	for k, d := range w.countDelta {
+		if d == 0 {
+			continue
+		}
+		var n int64
+		if v := w.counts.Get([]byte(k)); len(v) == 8 {
+			n = int64(binary.BigEndian.Uint64(v))
+		}
+		n += d
+		if n == 0 {
+			if err := w.counts.Delete([]byte(k)); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := w.counts.Put([]byte(k), binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// liveCount is the target's unfinished tasks as committed plus this
+// transaction's changes so far.
+func (w *writer) liveCount(target string) int64 {
+	var n int64
+	for _, s := range task.Statuses {
+		if !unfinished(s) {
+			continue
+		}
+		k := countKey(target, s)
+		if v := w.counts.Get(k); len(v) == 8 {
+			n += int64(binary.BigEndian.Uint64(v))
+		}
+		n += w.countDelta[string(k)]
+	}
+	return n
+}
+
+// insert adds the index entries of a new task in status s (Enqueued).
+func (w *writer) insert(key []byte, target string, readyAt time.Time) error {
+	rb, err := w.sub(w.ready, target)
+	if err != nil {
+		return err
+	}
+	rb.FillPercent = 1.0
+	if err := rb.Put(timeKey(readyAt, key), nil); err != nil {
+		return err
+	}
+	ib, err := w.sub(w.index, target)
+	if err != nil {
+		return err
+	}
+	if err := ib.Put(statusKey(task.Enqueued, key), nil); err != nil {
+		return err
+	}
+	w.count(target, task.Enqueued, 1)
+	w.wake = true
+	return nil
+}
+
+// move changes a task's status from s.Status to to and keeps every index in
+// step. The caller has checked the transition and set the state's other
+// fields; readyAt is the next attempt's time when to is a waiting status.
+// move stamps FinishedAt, records the event and writes the state.
+func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt time.Time, detail string) error {
+	from := s.Status
+	ib, err := w.sub(w.index, m.target)
+	if err != nil {
+		return err
+	}
+	if err := ib.Delete(statusKey(from, key)); err != nil {
+		return err
+	}
+	if err := ib.Put(statusKey(to, key), nil); err != nil {
+		return err
+	}
+	w.count(m.target, from, -1)
+	w.count(m.target, to, 1)
+
+	if waiting(from) {
+		if rb := w.ready.Bucket([]byte(m.target)); rb != nil {
+			if err := rb.Delete(timeKey(s.ReadyAt, key)); err != nil {
+				return err
+			}
+		}
+	}
+	if waiting(to) {
+		s.ReadyAt = readyAt
+		rb, err := w.sub(w.ready, m.target)
+		if err != nil {
+			return err
+		}
+		if err := rb.Put(timeKey(s.ReadyAt, key), nil); err != nil {
+			return err
+		}
+		w.wake = true
+	}
+	if from.Terminal() {
+		if err := w.done.Delete(timeKey(s.FinishedAt, key)); err != nil {
+			return err
+		}
+		s.FinishedAt = time.Time{}
+	}
+	if to.Terminal() {
+		s.FinishedAt = w.now
+		if err := w.done.Put(timeKey(s.FinishedAt, key), nil); err != nil {
+			return err
+		}
+	}
+	s.Status = to
+	s.addEvent(task.Event{Time: w.now, Status: to, Attempt: s.Attempts, Detail: detail})
+	return w.putState(key, s)
+}
+
+func (w *writer) putState(key []byte, s *state) error {
+	v, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	return w.states.Put(key, v)
+}
+
+// load reads a task for change. It returns (nil, nil, nil) when key has no
+// task, and an error only for a corrupt record.
+func (w *writer) load(key []byte) (*jobMeta, *state, error) {
+	rec := w.tasks.Get(key)
+	if rec == nil {
+		return nil, nil, nil
+	}
+	m, _, err := decodeMeta(rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := loadState(w.tx, key, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, s, nil
+}
