@@ -99,6 +99,7 @@ type Lease struct {
 	Target     string
 	Attempt    int // this attempt's number, 1-based
 	RetryBase  int // attempts before the last explicit retry
+	Throttled  int // earlier attempts since RetryBase that were throttled
 	CreatedAt  time.Time
 	EnqueuedAt time.Time
 	// Request is the stored request; nil when it cannot be decoded, with
@@ -114,11 +115,14 @@ type Outcome struct {
 	// Status is Succeeded, Failed, Retrying, Expired or Invalid, or
 	// Enqueued to hand the task back unrun (shutdown), which uncounts the
 	// attempt. A task that was asked to stop ends Stopped whatever this says.
-	Status   task.Status
-	ReadyAt  time.Time // for Retrying
-	Error    string
-	Detail   string
-	Response *task.Response
+	Status  task.Status
+	ReadyAt time.Time // for Retrying
+	// Throttled counts this attempt as throttled (429/503), which does not
+	// use up the retry budget.
+	Throttled bool
+	Error     string
+	Detail    string
+	Response  *task.Response
 }
 
 // NoticeKind says what a Notice reports.

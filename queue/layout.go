@@ -151,6 +151,7 @@ type state struct {
 	Status     task.Status    `json:"status"`
 	Attempts   int            `json:"attempts,omitempty"`
 	RetryBase  int            `json:"retryBase,omitempty"`
+	Throttled  int            `json:"throttled,omitempty"` // attempts answered 429/503 since RetryBase
 	EnqueuedAt time.Time      `json:"enqueuedAt"`
 	StartedAt  time.Time      `json:"startedAt,omitzero"`
 	FinishedAt time.Time      `json:"finishedAt,omitzero"`

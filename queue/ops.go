@@ -105,7 +105,7 @@ func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []LeaseRequest) (
 	res := &LeaseResult{Next: o.next, Expired: o.expired}
 	for _, c := range o.claimed {
 		l := &Lease{
-			ID: c.id, Target: c.meta.target, Attempt: c.attempt, RetryBase: c.retryBase,
+			ID: c.id, Target: c.meta.target, Attempt: c.attempt, RetryBase: c.retryBase, Throttled: c.throttled,
 			CreatedAt: c.meta.created, EnqueuedAt: c.enqueuedAt, Key: c.key,
 		}
 		l.Request, l.Corrupt = reqcodec.Decode(c.request)
@@ -120,6 +120,7 @@ type claim struct {
 	meta         *jobMeta
 	attempt      int
 	retryBase    int
+	throttled    int
 	enqueuedAt   time.Time
 }
 
@@ -187,7 +188,7 @@ func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
 	}
 	o.claimed = append(o.claimed, claim{
 		key: key, request: append([]byte(nil), reqBytes...), id: taskID(key, m), meta: m,
-		attempt: s.Attempts, retryBase: s.RetryBase, enqueuedAt: s.EnqueuedAt,
+		attempt: s.Attempts, retryBase: s.RetryBase, throttled: s.Throttled, enqueuedAt: s.EnqueuedAt,
 	})
 	return nil
 }
@@ -230,6 +231,9 @@ func (o *finishOp) apply(w *writer) error {
 	}
 	if to == task.Enqueued && s.Status == task.Running {
 		s.Attempts-- // handed back unrun: the attempt does not count
+	}
+	if out.Throttled {
+		s.Throttled++
 	}
 	if out.Error != "" {
 		s.LastError = out.Error

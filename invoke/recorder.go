@@ -1,0 +1,73 @@
+package invoke
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/offload-go/offload/task"
+)
+
+// ErrHijack is what a replayed handler gets from Hijack: there is no
+// connection behind an async replay.
+var ErrHijack = errors.New("invoke: an async replay has no connection to hijack")
+
+// recorder is the ResponseWriter of a replay. It keeps the status, the
+// headers and the first limit bytes of the body, and counts the rest.
+type recorder struct {
+	header      http.Header
+	status      int
+	wroteHeader bool
+	body        []byte
+	size        int64
+	limit       int
+}
+
+func newRecorder(limit int) *recorder {
+	return &recorder{header: make(http.Header), limit: limit}
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+// WriteHeader keeps the first final status, as net/http does; 1xx
+// informational answers are not final.
+func (r *recorder) WriteHeader(code int) {
+	if r.wroteHeader || (code >= 100 && code < 200 && code != http.StatusSwitchingProtocols) {
+		return
+	}
+	r.wroteHeader = true
+	r.status = code
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if !r.wroteHeader {
+		r.WriteHeader(http.StatusOK)
+	}
+	r.size += int64(len(p))
+	if room := r.limit - len(r.body); room > 0 {
+		r.body = append(r.body, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// The methods http.ResponseController looks for: flushing and deadlines
+// succeed and do nothing; hijacking fails clearly.
+func (r *recorder) Flush()                                       {}
+func (r *recorder) FlushError() error                            { return nil }
+func (r *recorder) SetReadDeadline(time.Time) error              { return nil }
+func (r *recorder) SetWriteDeadline(time.Time) error             { return nil }
+func (r *recorder) EnableFullDuplex() error                      { return nil }
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) { return nil, nil, ErrHijack }
+
+func (r *recorder) statusCode() int {
+	if !r.wroteHeader {
+		return http.StatusOK // a handler that writes nothing answers 200
+	}
+	return r.status
+}
+
+func (r *recorder) response() *task.Response {
+	return &task.Response{StatusCode: r.statusCode(), Header: r.header, Body: r.body, BodySize: r.size}
+}

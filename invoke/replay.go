@@ -1,0 +1,180 @@
+package invoke
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// Headers added to a replayed request.
+const (
+	HeaderRequestID  = "X-Fc-Request-Id"
+	HeaderRetryCount = "X-Fc-Retry-Count"
+)
+
+// maxStack bounds the stack trace kept from a panicking handler.
+const maxStack = 4 << 10
+
+// run replays one attempt and decides what follows it.
+func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Outcome {
+	if l.Request == nil {
+		return queue.Outcome{Status: task.Invalid, Error: fmt.Sprintf("stored request cannot be decoded: %v", l.Corrupt)}
+	}
+	if t.policy.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t.policy.Timeout, task.ErrTimeout)
+		defer cancel()
+	}
+	ctx = task.NewContext(ctx, task.Attempt{ID: l.ID, Target: l.Target, Number: l.Attempt, CreatedAt: l.CreatedAt})
+	if s.opts.Restore != nil && len(l.Request.Values) > 0 {
+		values := make(map[string]string, len(l.Request.Values))
+		for _, kv := range l.Request.Values {
+			values[kv.Key] = kv.Value
+		}
+		ctx = s.opts.Restore(ctx, values)
+	}
+	body, err := s.q.OpenBody(l)
+	if err != nil {
+		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
+	}
+	defer body.Close()
+	r, err := rebuild(ctx, l, body)
+	if err != nil {
+		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
+	}
+
+	rec := newRecorder(s.opts.ResponseBodyCap)
+	started := time.Now()
+	panicked := serve(t.handler, rec, r)
+	cause := context.Cause(ctx)
+	if ctx.Err() == nil {
+		cause = nil
+	}
+	return s.decide(t, l, rec, panicked, cause, time.Since(started))
+}
+
+// serve runs the handler, turning a panic into its message and stack.
+func serve(h http.Handler, w http.ResponseWriter, r *http.Request) (panicked string) {
+	defer func() {
+		if v := recover(); v != nil {
+			stack := debug.Stack()
+			if len(stack) > maxStack {
+				stack = stack[:maxStack]
+			}
+			panicked = fmt.Sprintf("handler panicked: %v\n%s", v, stack)
+		}
+	}()
+	h.ServeHTTP(w, r)
+	return ""
+}
+
+// rebuild makes the *http.Request the handler sees from the stored one.
+func rebuild(ctx context.Context, l *queue.Lease, body io.ReadCloser) (*http.Request, error) {
+	sr := l.Request
+	u, err := url.ParseRequestURI(sr.RequestURI)
+	if err != nil {
+		return nil, fmt.Errorf("stored request URI %q: %w", sr.RequestURI, err)
+	}
+	proto := sr.Proto
+	major, minor, ok := http.ParseHTTPVersion(proto)
+	if !ok {
+		proto, major, minor = "HTTP/1.1", 1, 1
+	}
+	header := sr.Header.Clone()
+	if header == nil {
+		header = make(http.Header)
+	}
+	header.Set(HeaderRequestID, l.ID)
+	header.Set(HeaderRetryCount, strconv.Itoa(l.Attempt-1))
+	r := (&http.Request{
+		Method:        sr.Method,
+		URL:           u,
+		Proto:         proto,
+		ProtoMajor:    major,
+		ProtoMinor:    minor,
+		Header:        header,
+		Body:          body,
+		ContentLength: sr.BodySize,
+		Host:          sr.Host,
+		RemoteAddr:    sr.RemoteAddr,
+		RequestURI:    sr.RequestURI,
+		Pattern:       sr.Pattern,
+	}).WithContext(ctx)
+	if sr.BodySize == 0 {
+		r.Body = http.NoBody
+	}
+	for _, pv := range sr.PathValues {
+		r.SetPathValue(pv.Key, pv.Value)
+	}
+	return r, nil
+}
+
+// decide classifies an attempt and computes what follows.
+func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked string, cause error, took time.Duration) queue.Outcome {
+	p := &t.policy
+	out := queue.Outcome{Response: rec.response()}
+	code := rec.statusCode()
+	var verdict Verdict
+	switch {
+	case panicked != "":
+		verdict, out.Error = Retry, panicked
+	case errors.Is(cause, task.ErrShutdown) && p.Classify(code) != Success:
+		// Handed back unrun: the attempt was cut short by our shutdown.
+		return queue.Outcome{Status: task.Enqueued, Detail: "scheduler shut down during the attempt"}
+	case errors.Is(cause, task.ErrStopped):
+		return queue.Outcome{Status: task.Failed, Error: "stopped on request", Response: out.Response}
+	case errors.Is(cause, task.ErrTimeout) && p.Classify(code) != Success:
+		verdict, out.Error = Retry, fmt.Sprintf("attempt timed out after %s", p.Timeout)
+	default:
+		verdict = p.Classify(code)
+		if verdict != Success {
+			out.Error = fmt.Sprintf("handler answered %d %s", code, http.StatusText(code))
+		}
+	}
+	out.Detail = fmt.Sprintf("attempt %d took %s", l.Attempt, took.Round(time.Microsecond))
+	if out.Error != "" {
+		first, _, _ := strings.Cut(out.Error, "\n")
+		out.Detail = first + "; " + out.Detail
+	}
+	switch verdict {
+	case Success:
+		out.Status = task.Succeeded
+		return out
+	case Fail:
+		out.Status = task.Failed
+		return out
+	}
+	out.Throttled = verdict == Throttle
+	failures := l.Attempt - l.RetryBase - l.Throttled
+	if out.Throttled {
+		failures--
+	}
+	if verdict == Retry && failures > p.MaxRetries {
+		out.Status = task.Failed
+		out.Error += fmt.Sprintf(" (retries exhausted: %d)", p.MaxRetries)
+		return out
+	}
+	now := time.Now()
+	wait, ok := retryAfter(rec.header, now)
+	if !ok {
+		wait = p.backoffFor(l.Attempt - l.RetryBase)
+	}
+	out.ReadyAt = now.Add(wait)
+	if out.ReadyAt.Sub(l.EnqueuedAt) > p.MaxAge {
+		out.Status = task.Expired
+		out.Error += fmt.Sprintf(" (next attempt would pass MaxAge %s)", p.MaxAge)
+		return out
+	}
+	out.Status = task.Retrying
+	return out
+}

@@ -1,0 +1,370 @@
+package invoke
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// DefaultShutdownTimeout is how long Run lets in-flight attempts finish
+// after its context is cancelled.
+const DefaultShutdownTimeout = 30 * time.Second
+
+// Options configures a Scheduler. A nil *Options means all defaults.
+type Options struct {
+	// Logger receives the scheduler's events. If nil, slog.Default().
+	Logger *slog.Logger
+	// ShutdownTimeout is how long Run lets in-flight attempts finish
+	// after its context is cancelled before it cancels them and hands them
+	// back to the queue. Defaults to DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// ResponseBodyCap is how much of each attempt's response body is kept
+	// on the task; the rest is counted and dropped. Defaults to
+	// DefaultResponseBodyCap (1 MiB).
+	ResponseBodyCap int
+	// Capture runs on the original request when it is accepted, and
+	// returns the request-scoped values to carry across the async hop (the
+	// authenticated user, a tenant, trace headers). If nil, nothing is
+	// carried. The values are stored with the request.
+	Capture func(r *http.Request) map[string]string
+	// Restore runs before each replay with what Capture returned, and
+	// returns the context the handler will see. If nil, values are dropped.
+	Restore func(ctx context.Context, values map[string]string) context.Context
+}
+
+// Scheduler replays stored requests into registered targets.
+type Scheduler struct {
+	q    queue.Backend
+	opts Options
+	log  *slog.Logger
+
+	wake     chan struct{} // a task may be ready or a slot freed
+	stopping chan struct{} // closed by Stop: claim no more
+	hardStop chan struct{} // closed when in-flight attempts must be cancelled
+	done     chan struct{} // closed when Run has returned
+	stopOnce sync.Once
+
+	mu      sync.Mutex // guards everything below
+	targets map[string]*target
+	running map[string]*attempt
+	leasing bool     // a Lease is in flight: stop notices may name its tasks
+	stash   []string // stop notices that arrived while leasing
+	started bool
+	workers sync.WaitGroup
+}
+
+type target struct {
+	name     string
+	handler  http.Handler
+	policy   Policy
+	inflight int
+}
+
+type attempt struct {
+	cancel context.CancelCauseFunc
+}
+
+// ErrStarted is returned by Register after Run has started, and by a
+// second Run.
+var ErrStarted = errors.New("invoke: scheduler already started")
+
+// ErrUnknownTarget is wrapped by Enqueue for a target never registered.
+var ErrUnknownTarget = errors.New("invoke: unknown target")
+
+// New returns a scheduler over q.
+func New(q queue.Backend, opts *Options) (*Scheduler, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.ShutdownTimeout < 0 || o.ResponseBodyCap < 0 {
+		return nil, fmt.Errorf("invoke: negative option")
+	}
+	o.ShutdownTimeout = cmp.Or(o.ShutdownTimeout, DefaultShutdownTimeout)
+	o.ResponseBodyCap = cmp.Or(o.ResponseBodyCap, DefaultResponseBodyCap)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Scheduler{
+		q:        q,
+		opts:     o,
+		log:      o.Logger,
+		wake:     make(chan struct{}, 1),
+		stopping: make(chan struct{}),
+		hardStop: make(chan struct{}),
+		done:     make(chan struct{}),
+		targets:  make(map[string]*target),
+		running:  make(map[string]*attempt),
+	}, nil
+}
+
+// Register makes h the target name, run under policy p (nil for
+// defaults). Register every target before Run: at its start Run marks
+// Invalid the waiting tasks of targets that are not registered. It returns
+// an error for a name already taken, an invalid name or policy, or after
+// Run has started.
+func (s *Scheduler) Register(name string, h http.Handler, p *Policy) error {
+	if err := task.CheckTarget(name); err != nil {
+		return fmt.Errorf("invoke: register: %w", err)
+	}
+	if h == nil {
+		return fmt.Errorf("invoke: register %s: nil handler", name)
+	}
+	pol, err := p.withDefaults()
+	if err != nil {
+		return fmt.Errorf("invoke: register %s: %w", name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return fmt.Errorf("invoke: register %s: %w", name, ErrStarted)
+	}
+	if _, ok := s.targets[name]; ok {
+		return fmt.Errorf("invoke: register %s: target already registered", name)
+	}
+	s.targets[name] = &target{name: name, handler: h, policy: pol}
+	return nil
+}
+
+// Enqueue stores a job for a registered target, applying its MaxQueued.
+// It wraps ErrUnknownTarget for a target never registered, and
+// task.ErrClosed once the scheduler is stopping.
+func (s *Scheduler) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt, error) {
+	select {
+	case <-s.stopping:
+		return queue.Receipt{}, fmt.Errorf("invoke: enqueue: %w", task.ErrClosed)
+	default:
+	}
+	s.mu.Lock()
+	t, ok := s.targets[job.Target]
+	s.mu.Unlock()
+	if !ok {
+		return queue.Receipt{}, fmt.Errorf("%w: %q", ErrUnknownTarget, job.Target)
+	}
+	j := *job
+	j.MaxQueued = t.policy.MaxQueued
+	return s.q.Enqueue(ctx, &j)
+}
+
+// CreateBlob starts a large body in the queue's storage; see queue.Backend.
+func (s *Scheduler) CreateBlob() (queue.Blob, error) { return s.q.CreateBlob() }
+
+// Capture returns what Options.Capture keeps of r, as stored values.
+func (s *Scheduler) Capture(r *http.Request) []reqcodec.KV {
+	if s.opts.Capture == nil {
+		return nil
+	}
+	m := s.opts.Capture(r)
+	kvs := make([]reqcodec.KV, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		kvs = append(kvs, reqcodec.KV{Key: k, Value: m[k]})
+	}
+	return kvs
+}
+
+// Run claims and runs tasks until ctx is cancelled or Stop is called. Then
+// it claims no more, lets in-flight attempts finish for
+// Options.ShutdownTimeout (or until Stop's context ends), cancels the rest
+// with cause task.ErrShutdown, hands them back to the queue uncounted, and
+// returns. Run may be called once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return ErrStarted
+	}
+	s.started = true
+	known := slices.Collect(maps.Keys(s.targets))
+	s.mu.Unlock()
+	defer close(s.done)
+
+	unsubscribe := s.q.Subscribe(s.notice)
+	defer unsubscribe()
+	if n, err := s.q.Invalidate(context.WithoutCancel(ctx), known); err != nil {
+		s.log.Error("offload: invalidate tasks of unregistered targets", "err", err)
+	} else if n > 0 {
+		s.log.Warn("offload: tasks of unregistered targets marked Invalid", "tasks", n)
+	}
+
+	s.dispatch(ctx)
+
+	// Senders first: claim nothing more; then give in-flight attempts
+	// their grace period.
+	s.stopOnce.Do(func() { close(s.stopping) })
+	grace := time.NewTimer(s.opts.ShutdownTimeout)
+	defer grace.Stop()
+	drained := make(chan struct{})
+	go func() { s.workers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+		return nil
+	case <-grace.C:
+	case <-s.hardStop:
+	}
+	s.cancelAll()
+	<-drained
+	return nil
+}
+
+// Stop stops Run: it claims no more tasks and waits for in-flight
+// attempts until ctx is done, then cancels them (cause task.ErrShutdown)
+// and waits for them to be handed back. It returns ctx.Err() if it had to
+// cancel. Stop is idempotent and safe to call before Run, or without it.
+func (s *Scheduler) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stopping) })
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancelAll()
+	<-s.done
+	return ctx.Err()
+}
+
+func (s *Scheduler) cancelAll() {
+	s.mu.Lock()
+	select {
+	case <-s.hardStop:
+	default:
+		close(s.hardStop)
+	}
+	for _, a := range s.running {
+		a.cancel(task.ErrShutdown)
+	}
+	s.mu.Unlock()
+}
+
+// notice hears from the queue after its commits. It must not block.
+func (s *Scheduler) notice(n queue.Notice) {
+	switch n.Kind {
+	case queue.TaskReady:
+		s.poke()
+	case queue.StopRequested:
+		s.mu.Lock()
+		if a, ok := s.running[n.ID]; ok {
+			a.cancel(task.ErrStopped)
+		} else if s.leasing {
+			s.stash = append(s.stash, n.ID)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dispatch is the claim loop. It sleeps until a task may be ready, a slot
+// frees, or the earliest delayed task is due; it never polls.
+func (s *Scheduler) dispatch(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		next, err := s.claim(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("offload: lease failed; retrying in 1s", "err", err)
+			next = time.Now().Add(time.Second)
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		case <-s.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// claim leases what the free slots allow and starts the attempts. It
+// returns the earliest future ready time among targets with free slots.
+func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
+	s.mu.Lock()
+	var reqs []queue.LeaseRequest
+	for _, t := range s.targets {
+		if free := t.policy.Concurrency - t.inflight; free > 0 {
+			reqs = append(reqs, queue.LeaseRequest{Target: t.name, Max: free, MaxAge: t.policy.MaxAge})
+		}
+	}
+	if len(reqs) == 0 {
+		s.mu.Unlock()
+		return time.Time{}, nil
+	}
+	s.leasing = true
+	s.mu.Unlock()
+
+	res, err := s.q.Lease(context.WithoutCancel(ctx), time.Now(), reqs)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.leasing = false
+	stash := s.stash
+	s.stash = nil
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, l := range res.Leases {
+		t := s.targets[l.Target]
+		t.inflight++
+		a := s.start(t, l)
+		if slices.Contains(stash, l.ID) {
+			a.cancel(task.ErrStopped)
+		}
+	}
+	for _, t := range res.Expired {
+		s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
+	}
+	return res.Next, nil
+}
+
+// start begins one attempt; s.mu is held.
+func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	a := &attempt{cancel: cancel}
+	s.running[l.ID] = a
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		defer cancel(nil)
+		out := s.run(ctx, t, l)
+		// Record the outcome even while shutting down: it is what happened.
+		final, err := s.q.Finish(context.Background(), l, out)
+		switch {
+		case err != nil:
+			s.log.Error("offload: finish failed; the attempt will be run again", "id", l.ID, "target", t.name, "err", err)
+		case final == task.Retrying || final == task.Failed || final == task.Expired:
+			s.log.Warn("offload: attempt failed", "id", l.ID, "target", t.name, "attempt", l.Attempt, "status", final, "err", out.Error)
+		}
+		s.mu.Lock()
+		delete(s.running, l.ID)
+		t.inflight--
+		s.mu.Unlock()
+		s.poke()
+	}()
+	return a
+}
