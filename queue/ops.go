@@ -235,7 +235,7 @@ func (o *finishOp) apply(w *writer) error {
 	if out.Throttled {
 		s.Throttled++
 	}
-	if out.Error != "" {
+	if out.Error != "" || to == task.Succeeded {
 		s.LastError = out.Error
 	}
 	if out.Response != nil {

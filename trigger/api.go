@@ -1,0 +1,281 @@
+package trigger
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/offload-go/offload/task"
+)
+
+// defaultRedacted are request headers that the task API never shows.
+var defaultRedacted = []string{"Authorization", "Cookie", "Proxy-Authorization"}
+
+// APIOptions configures TaskAPI. A nil *APIOptions means all defaults.
+type APIOptions struct {
+	// RedactHeaders names request headers to hide in the API's output, on
+	// top of Authorization, Cookie and Proxy-Authorization, which are
+	// always hidden.
+	RedactHeaders []string
+}
+
+// TaskAPI returns the task HTTP API over s, to be mounted by the
+// application behind its own authentication, for example:
+//
+//	mux.Handle("/tasks/", http.StripPrefix("/tasks", trigger.TaskAPI(db, nil)))
+//
+// Relative to where it is mounted it serves:
+//
+//	GET  /{id}          the task (add ?includePayload=true for the request body)
+//	GET  /?status=&target=&prefix=&since=&until=&order=&limit=&cursor=
+//	POST /{id}/stop     stop the task
+//	POST /{id}/retry    run a Failed, Stopped, Expired or Invalid task again
+//
+// Times in since and until are RFC 3339. Answers are JSON in Function
+// Compute's field names where FC has one.
+func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
+	a := &api{store: s, redact: map[string]bool{}}
+	for _, h := range defaultRedacted {
+		a.redact[http.CanonicalHeaderKey(h)] = true
+	}
+	if opts != nil {
+		for _, h := range opts.RedactHeaders {
+			a.redact[http.CanonicalHeaderKey(h)] = true
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", a.list)
+	mux.HandleFunc("GET /{id}", a.get)
+	mux.HandleFunc("POST /{id}/stop", a.stop)
+	mux.HandleFunc("POST /{id}/retry", a.retry)
+	return mux
+}
+
+type api struct {
+	store  task.Store
+	redact map[string]bool
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	t, err := task.Query(r.Context(), a.store, r.PathValue("id"))
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(t, r.URL.Query().Get("includePayload") == "true"))
+}
+
+func (a *api) stop(w http.ResponseWriter, r *http.Request) {
+	t, err := task.Stop(r.Context(), a.store, r.PathValue("id"))
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(t, false))
+}
+
+func (a *api) retry(w http.ResponseWriter, r *http.Request) {
+	t, err := task.Retry(r.Context(), a.store, r.PathValue("id"), "retried through the task API")
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(t, false))
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	f, err := parseFilter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, CodeInvalidArgument, err.Error())
+		return
+	}
+	page, err := task.List(r.Context(), a.store, f)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	out := listView{Tasks: make([]taskView, len(page.Tasks)), NextCursor: page.Next}
+	for i, t := range page.Tasks {
+		out.Tasks[i] = a.view(t, false)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+var errParam = errors.New("invalid query parameter")
+
+func parseFilter(r *http.Request) (task.Filter, error) {
+	q := r.URL.Query()
+	f := task.Filter{Target: q.Get("target"), IDPrefix: q.Get("prefix"), Cursor: q.Get("cursor")}
+	for _, v := range q["status"] {
+		for name := range strings.SplitSeq(v, ",") {
+			s, err := task.ParseStatus(strings.TrimSpace(name))
+			if err != nil {
+				return f, err
+			}
+			f.Statuses = append(f.Statuses, s)
+		}
+	}
+	switch o := q.Get("order"); o {
+	case "", "desc":
+	case "asc":
+		f.Order = task.OldestFirst
+	default:
+		return f, errors.Join(errParam, errors.New(`order must be "asc" or "desc"`))
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > task.MaxLimit {
+			return f, errors.Join(errParam, errors.New("limit must be 1..100"))
+		}
+		f.Limit = n
+	}
+	for name, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return f, errors.Join(errParam, errors.New(name+" must be an RFC 3339 time"))
+			}
+			*dst = t
+		}
+	}
+	return f, nil
+}
+
+func writeStoreError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, task.ErrInvalidID):
+		writeError(w, http.StatusBadRequest, CodeInvalidTaskID, err.Error())
+	case errors.Is(err, task.ErrInvalidFilter):
+		writeError(w, http.StatusBadRequest, CodeInvalidArgument, err.Error())
+	case errors.Is(err, task.ErrNotFound):
+		writeError(w, http.StatusNotFound, CodeTaskNotFound, "no task has that id")
+	case errors.Is(err, task.ErrFinished):
+		writeError(w, http.StatusConflict, CodeTaskFinished, err.Error())
+	case errors.Is(err, task.ErrNotRetryable):
+		writeError(w, http.StatusConflict, CodeTaskNotRetryable, err.Error())
+	default:
+		writeUnavailable(w, DefaultRetryAfter, CodeStoreUnavailable, "the task store is unavailable; try again later")
+	}
+}
+
+type listView struct {
+	Tasks      []taskView `json:"tasks"`
+	NextCursor string     `json:"nextCursor,omitempty"`
+}
+
+// taskView is a task as the API shows it, in FC's field names.
+type taskView struct {
+	ID                  string        `json:"id"`
+	Target              string        `json:"target"`
+	Status              task.Status   `json:"status"`
+	CreatedTime         time.Time     `json:"createdTime"`
+	StartedTime         *time.Time    `json:"startedTime,omitempty"`
+	EndTime             *time.Time    `json:"endTime,omitempty"`
+	DurationMs          *int64        `json:"durationMs,omitempty"`
+	NextAttemptTime     *time.Time    `json:"nextAttemptTime,omitempty"`
+	InvocationCount     int           `json:"invocationCount"`
+	AlreadyRetriedTimes int           `json:"alreadyRetriedTimes"`
+	LastError           string        `json:"lastError,omitempty"`
+	Events              []task.Event  `json:"events"`
+	Request             requestView   `json:"request"`
+	Response            *responseView `json:"response,omitempty"`
+	// ReturnPayload is the response body as text (base64 when it is not
+	// UTF-8, as ReturnPayloadEncoding says).
+	ReturnPayload         string `json:"returnPayload,omitempty"`
+	ReturnPayloadEncoding string `json:"returnPayloadEncoding,omitempty"`
+}
+
+type requestView struct {
+	Method          string              `json:"method"`
+	URL             string              `json:"url"`
+	Host            string              `json:"host,omitempty"`
+	RemoteAddr      string              `json:"remoteAddr,omitempty"`
+	Headers         map[string][]string `json:"headers,omitempty"`
+	BodySize        int64               `json:"bodySize"`
+	Payload         string              `json:"requestPayload,omitempty"`
+	PayloadEncoding string              `json:"requestPayloadEncoding,omitempty"`
+}
+
+type responseView struct {
+	StatusCode int                 `json:"statusCode"`
+	Headers    map[string][]string `json:"headers,omitempty"`
+	BodySize   int64               `json:"bodySize"`
+	Truncated  bool                `json:"truncated,omitempty"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func (a *api) view(t *task.Task, withPayload bool) taskView {
+	v := taskView{
+		ID:                  t.ID,
+		Target:              t.Target,
+		Status:              t.Status,
+		CreatedTime:         t.CreatedAt,
+		StartedTime:         timePtr(t.StartedAt),
+		EndTime:             timePtr(t.FinishedAt),
+		NextAttemptTime:     timePtr(t.ReadyAt),
+		InvocationCount:     t.Attempts,
+		AlreadyRetriedTimes: max(t.Attempts-1, 0),
+		LastError:           t.LastError,
+		Events:              t.Events,
+		Request: requestView{
+			Method:     t.Request.Method,
+			URL:        t.Request.URL,
+			Host:       t.Request.Host,
+			RemoteAddr: t.Request.RemoteAddr,
+			Headers:    a.redacted(t.Request.Header),
+			BodySize:   t.Request.BodySize,
+		},
+	}
+	if v.Events == nil {
+		v.Events = []task.Event{}
+	}
+	if !t.StartedAt.IsZero() && !t.FinishedAt.IsZero() {
+		d := t.FinishedAt.Sub(t.StartedAt).Milliseconds()
+		v.DurationMs = &d
+	}
+	if withPayload {
+		v.Request.Payload, v.Request.PayloadEncoding = textOrBase64(t.Request.Body)
+	}
+	if res := t.Response; res != nil {
+		v.Response = &responseView{
+			StatusCode: res.StatusCode,
+			Headers:    res.Header,
+			BodySize:   res.BodySize,
+			Truncated:  res.BodySize > int64(len(res.Body)),
+		}
+		v.ReturnPayload, v.ReturnPayloadEncoding = textOrBase64(res.Body)
+	}
+	return v
+}
+
+func (a *api) redacted(h http.Header) map[string][]string {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make(map[string][]string, len(h))
+	for k, vs := range h {
+		if a.redact[http.CanonicalHeaderKey(k)] {
+			out[k] = []string{"[redacted]"}
+			continue
+		}
+		out[k] = vs
+	}
+	return out
+}
+
+func textOrBase64(b []byte) (string, string) {
+	if utf8.Valid(b) {
+		return string(b), ""
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
+}

@@ -1,0 +1,52 @@
+package trigger
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Error codes in JSON error bodies. They are stable: clients may branch on them.
+const (
+	CodeInvalidInvocationType  = "InvalidInvocationType"  // 400
+	CodeInvalidAsyncDelay      = "InvalidAsyncDelay"      // 400
+	CodeInvalidTaskID          = "InvalidTaskId"          // 400
+	CodeInvalidIdempotencyKey  = "InvalidIdempotencyKey"  // 400
+	CodeInvalidArgument        = "InvalidArgument"        // 400: a task API parameter
+	CodeTaskNotFound           = "TaskNotFound"           // 404
+	CodeTaskAlreadyExists      = "TaskAlreadyExists"      // 409
+	CodeTaskFinished           = "TaskFinished"           // 409: stop of a finished task
+	CodeTaskNotRetryable       = "TaskNotRetryable"       // 409: retry of a task that is not Failed, Stopped, Expired or Invalid
+	CodeRequestTooLarge        = "RequestTooLarge"        // 413
+	CodeIdempotencyKeyMismatch = "IdempotencyKeyMismatch" // 422
+	CodeQueueFull              = "QueueFull"              // 503
+	CodeShuttingDown           = "ShuttingDown"           // 503
+	CodeStoreUnavailable       = "StoreUnavailable"       // 503: the store failed (disk full, I/O error)
+	CodeInternal               = "InternalError"          // 500
+)
+
+type errorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, errorBody{Code: code, Message: message})
+}
+
+// writeUnavailable answers 503 with Retry-After, so that well-behaved
+// clients come back instead of losing the request.
+func writeUnavailable(w http.ResponseWriter, retryAfter time.Duration, code, message string) {
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(retryAfter.Round(time.Second)/time.Second))))
+	writeError(w, http.StatusServiceUnavailable, code, message)
+}
