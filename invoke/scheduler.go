@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -160,17 +159,13 @@ func (s *Scheduler) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt,
 // CreateBlob starts a large body in the queue's storage; see queue.Backend.
 func (s *Scheduler) CreateBlob() (queue.Blob, error) { return s.q.CreateBlob() }
 
-// Capture returns what Options.Capture keeps of r, as stored values.
-func (s *Scheduler) Capture(r *http.Request) []reqcodec.KV {
+// Capture returns what Options.Capture keeps of r (nil without a hook).
+// The trigger stores it with the request; Restore gets it back on replay.
+func (s *Scheduler) Capture(r *http.Request) map[string]string {
 	if s.opts.Capture == nil {
 		return nil
 	}
-	m := s.opts.Capture(r)
-	kvs := make([]reqcodec.KV, 0, len(m))
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		kvs = append(kvs, reqcodec.KV{Key: k, Value: m[k]})
-	}
-	return kvs
+	return s.opts.Capture(r)
 }
 
 // Run claims and runs tasks until ctx is cancelled or Stop is called. Then
