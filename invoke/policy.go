@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/offload-go/offload/destination"
 )
 
 // Policy defaults, as in Function Compute where it has one.
@@ -52,6 +54,12 @@ type Policy struct {
 	// MaxQueued bounds the target's unfinished tasks; past it the trigger
 	// answers 503 with Retry-After. Zero means no bound.
 	MaxQueued int
+	// OnSuccess receives the record of each task that succeeds, and
+	// OnFailure of each that ends Failed, Expired, Stopped or Invalid. If
+	// nil, nothing is delivered. Deliveries are durable and retried; see
+	// package destination.
+	OnSuccess destination.Destination
+	OnFailure destination.Destination
 }
 
 // Verdict is what an attempt's answer means for its task.
@@ -113,14 +121,15 @@ func (p *Policy) withDefaults() (Policy, error) {
 	return c, nil
 }
 
-// backoffFor returns the wait before the retry that follows failure n
-// (n >= 1): exponential with jitter, from cenkalti/backoff.
-func (p *Policy) backoffFor(n int) time.Duration {
+// backoffDelay returns the wait before try n+1 after n failed tries
+// (n >= 1): exponential from initial, capped at maxDelay, with ±50%
+// jitter, from cenkalti/backoff.
+func backoffDelay(initial, maxDelay time.Duration, n int) time.Duration {
 	b := &backoff.ExponentialBackOff{
-		InitialInterval:     p.BackoffInitial,
+		InitialInterval:     initial,
 		RandomizationFactor: backoff.DefaultRandomizationFactor,
 		Multiplier:          backoff.DefaultMultiplier,
-		MaxInterval:         p.BackoffMax,
+		MaxInterval:         maxDelay,
 		Stop:                backoff.Stop,
 		Clock:               backoff.SystemClock,
 	}

@@ -167,7 +167,7 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 	now := time.Now()
 	wait, ok := retryAfter(rec.header, now)
 	if !ok {
-		wait = p.backoffFor(l.Attempt - l.RetryBase)
+		wait = backoffDelay(p.BackoffInitial, p.BackoffMax, l.Attempt-l.RetryBase)
 	}
 	out.ReadyAt = now.Add(wait)
 	if out.ReadyAt.Sub(l.EnqueuedAt) > p.MaxAge {

@@ -40,6 +40,20 @@ type Options struct {
 	// Restore runs before each replay with what Capture returned, and
 	// returns the context the handler will see. If nil, values are dropped.
 	Restore func(ctx context.Context, values map[string]string) context.Context
+
+	// DeliveryTries bounds the tries of one destination delivery; after
+	// the last it is recorded failed on the task. Defaults to
+	// DefaultDeliveryTries.
+	DeliveryTries int
+	// DeliveryBackoffInitial and DeliveryBackoffMax shape the backoff
+	// between delivery tries. Default to DefaultDeliveryBackoffInitial and
+	// DefaultDeliveryBackoffMax.
+	DeliveryBackoffInitial time.Duration
+	DeliveryBackoffMax     time.Duration
+	// DeliveryConcurrency bounds the deliveries in flight to one
+	// destination, so that a slow one cannot hold up the others. Defaults
+	// to DefaultDeliveryConcurrency.
+	DeliveryConcurrency int
 }
 
 // Scheduler replays stored requests into registered targets.
@@ -49,18 +63,24 @@ type Scheduler struct {
 	log  *slog.Logger
 
 	wake     chan struct{} // a task may be ready or a slot freed
+	dwake    chan struct{} // a delivery may be due or a delivery slot freed
 	stopping chan struct{} // closed by Stop: claim no more
 	hardStop chan struct{} // closed when in-flight attempts must be cancelled
 	done     chan struct{} // closed when Run has returned
 	stopOnce sync.Once
 
-	mu      sync.Mutex // guards everything below
-	targets map[string]*target
-	running map[string]*attempt
-	leasing bool     // a Lease is in flight: stop notices may name its tasks
-	stash   []string // stop notices that arrived while leasing
-	started bool
-	workers sync.WaitGroup
+	mu         sync.Mutex // guards everything below
+	targets    map[string]*target
+	running    map[string]*attempt
+	leasing    bool     // a Lease is in flight: stop notices may name its tasks
+	stash      []string // stop notices that arrived while leasing
+	started    bool
+	workers    sync.WaitGroup
+	sendCtx    context.Context // deliveries' context, cancelled at hard stop
+	sendCancel context.CancelCauseFunc
+	sending    map[string]bool // deliveries in flight, by key
+	perDest    map[string]int  // deliveries in flight per target and destination
+	senders    sync.WaitGroup
 }
 
 type target struct {
@@ -87,24 +107,38 @@ func New(q queue.Backend, opts *Options) (*Scheduler, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.ShutdownTimeout < 0 || o.ResponseBodyCap < 0 {
+	if o.ShutdownTimeout < 0 || o.ResponseBodyCap < 0 || o.DeliveryTries < 0 || o.DeliveryBackoffInitial < 0 ||
+		o.DeliveryBackoffMax < 0 || o.DeliveryConcurrency < 0 {
 		return nil, fmt.Errorf("invoke: negative option")
 	}
 	o.ShutdownTimeout = cmp.Or(o.ShutdownTimeout, DefaultShutdownTimeout)
 	o.ResponseBodyCap = cmp.Or(o.ResponseBodyCap, DefaultResponseBodyCap)
+	o.DeliveryTries = cmp.Or(o.DeliveryTries, DefaultDeliveryTries)
+	o.DeliveryBackoffInitial = cmp.Or(o.DeliveryBackoffInitial, DefaultDeliveryBackoffInitial)
+	o.DeliveryBackoffMax = cmp.Or(o.DeliveryBackoffMax, DefaultDeliveryBackoffMax)
+	o.DeliveryConcurrency = cmp.Or(o.DeliveryConcurrency, DefaultDeliveryConcurrency)
+	if o.DeliveryBackoffMax < o.DeliveryBackoffInitial {
+		return nil, fmt.Errorf("invoke: DeliveryBackoffMax is shorter than DeliveryBackoffInitial")
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	sendCtx, sendCancel := context.WithCancelCause(context.Background())
 	return &Scheduler{
-		q:        q,
-		opts:     o,
-		log:      o.Logger,
-		wake:     make(chan struct{}, 1),
-		stopping: make(chan struct{}),
-		hardStop: make(chan struct{}),
-		done:     make(chan struct{}),
-		targets:  make(map[string]*target),
-		running:  make(map[string]*attempt),
+		sendCtx:    sendCtx,
+		sendCancel: sendCancel,
+		q:          q,
+		opts:       o,
+		log:        o.Logger,
+		wake:       make(chan struct{}, 1),
+		dwake:      make(chan struct{}, 1),
+		stopping:   make(chan struct{}),
+		hardStop:   make(chan struct{}),
+		done:       make(chan struct{}),
+		targets:    make(map[string]*target),
+		running:    make(map[string]*attempt),
+		sending:    make(map[string]bool),
+		perDest:    make(map[string]int),
 	}, nil
 }
 
@@ -133,6 +167,7 @@ func (s *Scheduler) Register(name string, h http.Handler, p *Policy) error {
 		return fmt.Errorf("invoke: register %s: target already registered", name)
 	}
 	s.targets[name] = &target{name: name, handler: h, policy: pol}
+	s.q.SetDestinations(name, pol.OnSuccess != nil, pol.OnFailure != nil)
 	return nil
 }
 
@@ -183,6 +218,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	known := slices.Collect(maps.Keys(s.targets))
 	s.mu.Unlock()
 	defer close(s.done)
+	defer s.sendCancel(nil)
 
 	unsubscribe := s.q.Subscribe(s.notice)
 	defer unsubscribe()
@@ -192,15 +228,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.log.Warn("offload: tasks of unregistered targets marked Invalid", "tasks", n)
 	}
 
+	deliverDone := make(chan struct{})
+	go func() { defer close(deliverDone); s.deliverLoop(ctx) }()
 	s.dispatch(ctx)
 
-	// Senders first: claim nothing more; then give in-flight attempts
-	// their grace period.
+	// Senders first: claim nothing more; then give in-flight attempts and
+	// deliveries their grace period. Undelivered records stay in the
+	// outbox for the next run.
 	s.stopOnce.Do(func() { close(s.stopping) })
 	grace := time.NewTimer(s.opts.ShutdownTimeout)
 	defer grace.Stop()
 	drained := make(chan struct{})
-	go func() { s.workers.Wait(); close(drained) }()
+	go func() { <-deliverDone; s.workers.Wait(); s.senders.Wait(); close(drained) }()
 	select {
 	case <-drained:
 		return nil
@@ -244,6 +283,7 @@ func (s *Scheduler) cancelAll() {
 	for _, a := range s.running {
 		a.cancel(task.ErrShutdown)
 	}
+	s.sendCancel(task.ErrShutdown)
 	s.mu.Unlock()
 }
 
@@ -252,6 +292,11 @@ func (s *Scheduler) notice(n queue.Notice) {
 	switch n.Kind {
 	case queue.TaskReady:
 		s.poke()
+	case queue.DeliveryReady:
+		select {
+		case s.dwake <- struct{}{}:
+		default:
+		}
 	case queue.StopRequested:
 		s.mu.Lock()
 		if a, ok := s.running[n.ID]; ok {

@@ -35,6 +35,16 @@ type Backend interface {
 	// known, since nothing will ever run it.
 	Invalidate(ctx context.Context, known []string) (int, error)
 
+	// SetDestinations says which of target's finishes owe a delivery:
+	// onSuccess for Succeeded, onFailure for the other terminal statuses.
+	SetDestinations(target string, onSuccess, onFailure bool)
+	// PendingDeliveries returns up to max deliveries due by now, leaving
+	// out those skip names by key, and the due time of the first one not
+	// yet due (zero if none).
+	PendingDeliveries(ctx context.Context, now time.Time, max int, skip func(key string) bool) ([]*Delivery, time.Time, error)
+	// FinishDelivery records how a delivery try ended.
+	FinishDelivery(ctx context.Context, d *Delivery, res DeliveryResult) error
+
 	// Subscribe registers fn to hear of tasks becoming ready and of stop
 	// requests for running tasks. fn runs on the store's goroutine and must
 	// not block. The returned func unsubscribes.
@@ -133,6 +143,8 @@ const (
 	TaskReady NoticeKind = iota + 1
 	// StopRequested: the running task ID was asked to stop.
 	StopRequested
+	// DeliveryReady: a delivery was written or rescheduled.
+	DeliveryReady
 )
 
 // Notice is sent to the subscriber after the commit that caused it.

@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/task"
 )
 
 // Check walks every task record and every index and returns an error
@@ -139,6 +140,25 @@ func (q *Queue) Check() error {
 			}
 			return nil
 		})
+		owed := map[string]bool{} // key16 + kind of every outbox entry
+		_ = tx.Bucket(bOutbox).ForEach(func(k, _ []byte) error {
+			if len(k) != 25 {
+				report("outbox key %x malformed", k)
+				return nil
+			}
+			owed[string(k[8:])] = true
+			if r, ok := lookup("outbox", k[8:24]); ok && !hasPending(r.st, kindName(k[24])) {
+				report("outbox owes %s %s, whose record has no pending delivery", ulidString(k[8:24]), kindName(k[24]))
+			}
+			return nil
+		})
+		for key, r := range tasks {
+			for _, kind := range []byte{kindSuccess, kindFailure} {
+				if hasPending(r.st, kindName(kind)) && !owed[key+string(kind)] {
+					report("task %s has a pending %s delivery missing from the outbox", ulidString([]byte(key)), kindName(kind))
+				}
+			}
+		}
 		got := map[string]int64{}
 		_ = tx.Bucket(bCounts).ForEach(func(k, v []byte) error {
 			got[string(k)] = int64(binary.BigEndian.Uint64(v))
@@ -171,4 +191,13 @@ func checkBolt(tx *bolt.Tx) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func hasPending(s *state, destination string) bool {
+	for _, d := range s.Deliveries {
+		if d.Destination == destination && d.Status == task.DeliveryPending {
+			return true
+		}
+	}
+	return false
 }

@@ -26,7 +26,7 @@ var (
 	bIdem   = []byte("idem")   // target 0x00 idempotency key -> fingerprint(32) key16
 	bBlobs  = []byte("blobs")  // blob name -> key16
 
-	topBuckets = [][]byte{bMeta, bTasks, bState, bIDs, bReady, bIndex, bCounts, bDone, bIdem, bBlobs}
+	topBuckets = [][]byte{bMeta, bTasks, bState, bIDs, bReady, bIndex, bCounts, bDone, bIdem, bBlobs, bOutbox}
 
 	magicKey    = []byte("magic")
 	formatMagic = []byte("offload-queue/1")
@@ -159,6 +159,7 @@ type state struct {
 	LastError  string         `json:"lastError,omitempty"`
 	Events     []task.Event   `json:"events,omitempty"`
 	Response   *task.Response `json:"response,omitempty"`
+	Deliveries []task.Delivery `json:"deliveries,omitempty"`
 }
 
 // initialState is the state of a task that has not changed since enqueue,
@@ -237,6 +238,7 @@ func buildTask(key []byte, m *jobMeta, s *state, req *reqcodec.Request, withBody
 		LastError:  s.LastError,
 		Events:     s.Events,
 		Response:   s.Response,
+		Deliveries: s.Deliveries,
 	}
 	if waiting(s.Status) {
 		t.ReadyAt = s.ReadyAt

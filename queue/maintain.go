@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/task"
 )
 
 // init checks that the file is an offload queue (making a new file one),
@@ -144,6 +146,9 @@ func (o *purgeOp) apply(w *writer) error {
 		}
 		if !s.Status.Terminal() {
 			return fmt.Errorf("done index lists unfinished task %s", ulidString(key))
+		}
+		if slices.ContainsFunc(s.Deliveries, func(d task.Delivery) bool { return d.Status == task.DeliveryPending }) {
+			continue // purged once its deliveries are over, on a later pass
 		}
 		if req, err := reqcodec.Decode(reqBytes); err == nil && req.Blob != "" {
 			o.blobs = append(o.blobs, req.Blob)

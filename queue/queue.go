@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -61,6 +62,9 @@ type Queue struct {
 	pending    *batch
 	closed     bool
 	subscriber func(Notice)
+	// destinations maps a target to its outbox rule (1 onSuccess, 2
+	// onFailure). It is replaced, never changed, so a batch may keep it.
+	destinations map[string]uint8
 }
 
 var _ Backend = (*Queue)(nil)
@@ -211,19 +215,49 @@ func (q *Queue) commitLoop() {
 			q.commitPending()
 			return
 		}
+		q.gather()
 		q.commitPending()
 	}
+}
+
+// maxGatherYields bounds how often gather yields before a commit.
+const maxGatherYields = 8
+
+// gather lets the writers that the previous commit released (and any other
+// runnable goroutine) queue their next ops before the batch is cut, so that
+// they share this commit instead of waiting a whole commit for the next.
+// Without it, concurrent writers split into two groups that commit in turn,
+// each commit carrying only half of them. It only yields the processor, no
+// timer, and stops as soon as a yield adds nothing, so a lone writer is not
+// delayed.
+func (q *Queue) gather() {
+	n := q.pendingLen()
+	for range maxGatherYields {
+		runtime.Gosched()
+		m := q.pendingLen()
+		if m == n {
+			return
+		}
+		n = m
+	}
+}
+
+func (q *Queue) pendingLen() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending.ops)
 }
 
 func (q *Queue) commitPending() {
 	q.mu.Lock()
 	b := q.pending
 	q.pending = newBatch()
+	dest := q.destinations
 	q.mu.Unlock()
 	if len(b.ops) == 0 {
 		return
 	}
-	w := &writer{q: q, now: q.opts.Now()}
+	w := &writer{q: q, now: q.opts.Now(), destinations: dest}
 	b.err = q.db.Update(func(tx *bolt.Tx) error {
 		w.tx = tx
 		w.cacheBuckets()

@@ -21,6 +21,8 @@ type writer struct {
 
 	tasks, states, ids, ready, index, counts, done, idem, blobs *bolt.Bucket
 
+	// destinations is the outbox rule per target, as of this batch.
+	destinations map[string]uint8
 	// countDelta collects counter changes, written once per transaction.
 	countDelta map[string]int64
 	notices    []Notice
@@ -159,6 +161,9 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 	if to.Terminal() {
 		s.FinishedAt = w.now
 		if err := w.done.Put(timeKey(s.FinishedAt, key), nil); err != nil {
+			return err
+		}
+		if err := w.outbox(key, m, s, to); err != nil {
 			return err
 		}
 	}

@@ -33,7 +33,35 @@ type Task struct {
 	Events    []Event   `json:"events,omitempty"`
 	Request   Request   `json:"request"`
 	Response  *Response `json:"response,omitempty"`
+	// Deliveries are the destination deliveries of the task's finishes,
+	// oldest first.
+	Deliveries []Delivery `json:"deliveries,omitempty"`
 }
+
+// Delivery is the state of one result delivery to a destination.
+type Delivery struct {
+	// Destination is "onSuccess" or "onFailure".
+	Destination string         `json:"destination"`
+	Status      DeliveryStatus `json:"status"`
+	Tries       int            `json:"tries"`
+	LastError   string         `json:"lastError,omitempty"`
+	UpdatedAt   time.Time      `json:"updatedAt"`
+}
+
+// DeliveryStatus is where a delivery stands.
+type DeliveryStatus string
+
+const (
+	DeliveryPending   DeliveryStatus = "pending"
+	DeliveryDelivered DeliveryStatus = "delivered"
+	DeliveryFailed    DeliveryStatus = "failed" // gave up after its tries
+)
+
+// Destination names in Delivery.Destination.
+const (
+	OnSuccess = "onSuccess"
+	OnFailure = "onFailure"
+)
 
 // Event is one entry of a task's history.
 type Event struct {

@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"maps"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,12 +214,11 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 		Header:     r.Header,
 		Pattern:    r.Pattern,
 		PathValues: pathValues(r),
-		Values:     sortedKVs(tr.e.Capture(r)),
+		Values:     reqcodec.SortedKVs(tr.e.Capture(r)),
 	}
 	var sum hash.Hash
 	if p.idempotencyKey != "" {
-		sum = sha256.New()
-		fmt.Fprintf(sum, "%s %s\n", r.Method, req.RequestURI)
+		sum = reqcodec.NewFingerprint(r.Method, req.RequestURI)
 	}
 	buf := tr.getBuf()
 	defer tr.bufs.Put(buf)
@@ -362,17 +358,6 @@ func pathValues(r *http.Request) []reqcodec.KV {
 		}
 		kvs = append(kvs, reqcodec.KV{Key: name, Value: r.PathValue(name)})
 	}
-}
-
-func sortedKVs(m map[string]string) []reqcodec.KV {
-	if len(m) == 0 {
-		return nil
-	}
-	kvs := make([]reqcodec.KV, 0, len(m))
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		kvs = append(kvs, reqcodec.KV{Key: k, Value: m[k]})
-	}
-	return kvs
 }
 
 func truncate(s string, n int) string {

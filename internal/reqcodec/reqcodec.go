@@ -7,10 +7,14 @@
 package reqcodec
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"maps"
 	"net/http"
+	"slices"
 )
 
 const version = 1
@@ -41,6 +45,19 @@ type Request struct {
 
 // KV is one name and value.
 type KV struct{ Key, Value string }
+
+// SortedKVs returns m as KVs sorted by key (nil for an empty m), so that
+// the same values always encode the same way.
+func SortedKVs(m map[string]string) []KV {
+	if len(m) == 0 {
+		return nil
+	}
+	kvs := make([]KV, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		kvs = append(kvs, KV{Key: k, Value: m[k]})
+	}
+	return kvs
+}
 
 // Append appends the encoding of r to dst.
 func Append(dst []byte, r *Request) []byte {
@@ -181,4 +198,13 @@ func (d *decoder) kvs() []KV {
 		kvs[i] = KV{d.string(), d.string()}
 	}
 	return kvs
+}
+
+// NewFingerprint starts the fingerprint that an Idempotency-Key is matched
+// with: SHA-256 over the method, the request URI and then the body, which
+// the caller writes to the returned hash.
+func NewFingerprint(method, requestURI string) hash.Hash {
+	h := sha256.New()
+	h.Write([]byte(method + " " + requestURI + "\n"))
+	return h
 }

@@ -1,0 +1,184 @@
+package destination
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"time"
+	"unicode/utf8"
+
+	"github.com/offload-go/offload/task"
+)
+
+// Destination receives the records of finished tasks.
+type Destination interface {
+	// Deliver hands rec over. A nil error means delivered; an error means
+	// try again later, within the scheduler's bounded tries. Return
+	// Permanent(err) to stop retrying at once. Deliver must honour ctx.
+	Deliver(ctx context.Context, rec Record) error
+}
+
+// Condition says why a record was sent. The names are Lambda's and FC's
+// where they have one.
+type Condition string
+
+const (
+	Success           Condition = "Success"           // an attempt succeeded
+	RetriesExhausted  Condition = "RetriesExhausted"  // the last allowed attempt failed
+	NonRetryableError Condition = "NonRetryableError" // an attempt failed in a way not retried (a 4xx)
+	EventAgeExceeded  Condition = "EventAgeExceeded"  // MaxAge passed before success
+	Stopped           Condition = "Stopped"           // stopped on request
+	Invalid           Condition = "Invalid"           // target gone, or the stored request undecodable
+)
+
+// Version is Record.Version for the encoding documented on Record.
+const Version = "1.0"
+
+// Record is what a destination receives. Its JSON encoding is stable:
+//
+//	{
+//	  "version": "1.0",
+//	  "timestamp": "2026-11-25T20:15:29.53535891Z",
+//	  "requestContext": {
+//	    "requestId": "01M8A5JMZP442HFYP7HK6MA4SD",   // the task ID
+//	    "functionArn": "transcode",                   // the target
+//	    "condition": "Success",
+//	    "approximateInvokeCount": 2
+//	  },
+//	  "requestPayload": "...",          // the request body, as text
+//	  "requestPayloadEncoding": "base64", // only when the body is not UTF-8
+//	  "responseContext": {"statusCode": 200, "functionError": ""},
+//	  "responsePayload": "...",         // the last response body (capped), as text
+//	  "responsePayloadEncoding": "base64"
+//	}
+type Record struct {
+	Version                 string          `json:"version"`
+	Timestamp               time.Time       `json:"timestamp"`
+	RequestContext          RequestContext  `json:"requestContext"`
+	RequestPayload          string          `json:"requestPayload"`
+	RequestPayloadEncoding  string          `json:"requestPayloadEncoding,omitempty"`
+	ResponseContext         ResponseContext `json:"responseContext"`
+	ResponsePayload         string          `json:"responsePayload"`
+	ResponsePayloadEncoding string          `json:"responsePayloadEncoding,omitempty"`
+}
+
+// RequestContext identifies the task and why the record was sent.
+type RequestContext struct {
+	RequestID              string    `json:"requestId"`
+	FunctionArn            string    `json:"functionArn"`
+	Condition              Condition `json:"condition"`
+	ApproximateInvokeCount int       `json:"approximateInvokeCount"`
+}
+
+// ResponseContext is how the last attempt ended.
+type ResponseContext struct {
+	StatusCode    int    `json:"statusCode,omitempty"`
+	FunctionError string `json:"functionError,omitempty"`
+}
+
+// ConditionOf returns the condition of a task in a terminal status, and
+// false for any other status.
+func ConditionOf(t *task.Task) (Condition, bool) {
+	switch t.Status {
+	case task.Succeeded:
+		return Success, true
+	case task.Expired:
+		return EventAgeExceeded, true
+	case task.Stopped:
+		return Stopped, true
+	case task.Invalid:
+		return Invalid, true
+	case task.Failed:
+		if t.Response != nil && t.Response.StatusCode >= 400 && t.Response.StatusCode < 500 &&
+			t.Response.StatusCode != 408 && t.Response.StatusCode != 425 && t.Response.StatusCode != 429 {
+			return NonRetryableError, true
+		}
+		return RetriesExhausted, true
+	}
+	return "", false
+}
+
+// NewRecord builds the record of a finished task.
+func NewRecord(t *task.Task, cond Condition) Record {
+	r := Record{
+		Version:   Version,
+		Timestamp: t.FinishedAt,
+		RequestContext: RequestContext{
+			RequestID:              t.ID,
+			FunctionArn:            t.Target,
+			Condition:              cond,
+			ApproximateInvokeCount: t.Attempts,
+		},
+		ResponseContext: ResponseContext{FunctionError: t.LastError},
+	}
+	if cond == Success {
+		r.ResponseContext.FunctionError = ""
+	}
+	r.RequestPayload, r.RequestPayloadEncoding = textOrBase64(t.Request.Body)
+	if res := t.Response; res != nil {
+		r.ResponseContext.StatusCode = res.StatusCode
+		r.ResponsePayload, r.ResponsePayloadEncoding = textOrBase64(res.Body)
+	}
+	return r
+}
+
+func textOrBase64(b []byte) (string, string) {
+	if utf8.Valid(b) {
+		return string(b), ""
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
+}
+
+// Func adapts a function to a Destination.
+type Func func(ctx context.Context, rec Record) error
+
+// Deliver calls f.
+func (f Func) Deliver(ctx context.Context, rec Record) error { return f(ctx, rec) }
+
+// Log returns a destination that writes each record to l at Info level
+// (Warn for any condition but Success). It never fails.
+func Log(l *slog.Logger) Destination {
+	return Func(func(ctx context.Context, rec Record) error {
+		level := slog.LevelInfo
+		if rec.RequestContext.Condition != Success {
+			level = slog.LevelWarn
+		}
+		l.Log(ctx, level, "offload: task finished",
+			"id", rec.RequestContext.RequestID,
+			"target", rec.RequestContext.FunctionArn,
+			"condition", rec.RequestContext.Condition,
+			"invocations", rec.RequestContext.ApproximateInvokeCount,
+			"status", rec.ResponseContext.StatusCode,
+			"error", rec.ResponseContext.FunctionError)
+		return nil
+	})
+}
+
+// Multi delivers to each of ds in turn and joins their errors (as
+// errors.Join); the record counts as delivered only when all succeed, so a
+// retry may repeat it to those that did.
+func Multi(ds ...Destination) Destination {
+	return Func(func(ctx context.Context, rec Record) error {
+		var errs []error
+		for _, d := range ds {
+			errs = append(errs, d.Deliver(ctx, rec))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// PermanentError marks a delivery error that retrying cannot fix.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err so that the scheduler stops retrying the delivery
+// and records it failed. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}

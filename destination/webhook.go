@@ -1,0 +1,183 @@
+package destination
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Webhook headers.
+const (
+	// HeaderSignature carries "t=<unix seconds>,v1=<hex HMAC-SHA256>", the
+	// MAC being over "<t>.<body>" with the shared secret.
+	HeaderSignature = "X-Offload-Signature"
+	HeaderRequestID = "X-Offload-Request-Id"
+	HeaderCondition = "X-Offload-Condition"
+)
+
+// Defaults for WebhookOptions.
+const (
+	DefaultWebhookTimeout = 10 * time.Second
+	DefaultTolerance      = 5 * time.Minute
+	maxVerifyBody         = 16 << 20
+)
+
+// ErrSignature is wrapped by Verify for a missing, malformed, stale or
+// wrong signature.
+var ErrSignature = errors.New("destination: bad webhook signature")
+
+// WebhookOptions configures NewWebhook. A nil *WebhookOptions means all defaults.
+type WebhookOptions struct {
+	// Client sends the POSTs. If nil, a client of its own.
+	Client *http.Client
+	// Timeout bounds one delivery. Defaults to DefaultWebhookTimeout.
+	Timeout time.Duration
+	// Header is added to every POST.
+	Header http.Header
+}
+
+// Webhook POSTs each record as JSON to a fixed URL, signed with
+// HMAC-SHA256 (see HeaderSignature and Verify). Only a 2xx answer counts
+// as delivered.
+type Webhook struct {
+	url    string
+	secret []byte
+	client *http.Client
+	opts   WebhookOptions
+}
+
+// NewWebhook returns a webhook destination. The URL must be absolute
+// http or https, and the secret at least 16 bytes.
+func NewWebhook(rawURL string, secret []byte, opts *WebhookOptions) (*Webhook, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("destination: webhook URL %q must be absolute http or https", rawURL)
+	}
+	if len(secret) < 16 {
+		return nil, errors.New("destination: webhook secret must be at least 16 bytes")
+	}
+	var o WebhookOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Timeout < 0 {
+		return nil, errors.New("destination: negative webhook timeout")
+	}
+	o.Timeout = cmp.Or(o.Timeout, DefaultWebhookTimeout)
+	client := o.Client
+	if client == nil {
+		client = &http.Client{}
+	}
+	return &Webhook{url: rawURL, secret: bytes.Clone(secret), client: client, opts: o}, nil
+}
+
+// Deliver implements Destination.
+func (w *Webhook) Deliver(ctx context.Context, rec Record) error {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return Permanent(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return Permanent(err)
+	}
+	for k, vs := range w.opts.Header {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "offload-webhook/1")
+	req.Header.Set(HeaderRequestID, rec.RequestContext.RequestID)
+	req.Header.Set(HeaderCondition, string(rec.RequestContext.Condition))
+	req.Header.Set(HeaderSignature, Sign(w.secret, time.Now(), body))
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("destination: webhook %s: %w", w.url, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("destination: webhook %s answered %s", w.url, resp.Status)
+	}
+	return nil
+}
+
+// Sign returns the HeaderSignature value for body sent at t.
+func Sign(secret []byte, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac(secret, ts, body))
+}
+
+func mac(secret []byte, ts string, body []byte) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// Verify checks a HeaderSignature value against body: the MAC must match
+// (compared in constant time) and its time be within tolerance of now
+// (0 means DefaultTolerance). It returns an error wrapping ErrSignature
+// otherwise.
+func Verify(secret []byte, header string, body []byte, tolerance time.Duration, now time.Time) error {
+	tolerance = cmp.Or(tolerance, DefaultTolerance)
+	var ts, sig string
+	for part := range strings.SplitSeq(header, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			sig = v
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: no timestamp", ErrSignature)
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil || len(got) != sha256.Size {
+		return fmt.Errorf("%w: no v1 signature", ErrSignature)
+	}
+	if !hmac.Equal(got, mac(secret, ts, body)) {
+		return fmt.Errorf("%w: signature does not match", ErrSignature)
+	}
+	if age := now.Sub(time.Unix(sec, 0)); age > tolerance || age < -tolerance {
+		return fmt.Errorf("%w: timestamp outside the %s tolerance", ErrSignature, tolerance)
+	}
+	return nil
+}
+
+// VerifyRequest is Verify for a receiving handler: it reads r's body (at
+// most 16 MiB), checks its signature, and decodes the record.
+func VerifyRequest(r *http.Request, secret []byte, tolerance time.Duration) (Record, error) {
+	var rec Record
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxVerifyBody+1))
+	if err != nil {
+		return rec, fmt.Errorf("destination: read webhook body: %w", err)
+	}
+	if len(body) > maxVerifyBody {
+		return rec, fmt.Errorf("destination: webhook body over %d bytes", maxVerifyBody)
+	}
+	if err := Verify(secret, r.Header.Get(HeaderSignature), body, tolerance, time.Now()); err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return rec, fmt.Errorf("destination: decode webhook record: %w", err)
+	}
+	return rec, nil
+}

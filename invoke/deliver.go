@@ -1,0 +1,172 @@
+package invoke
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/offload-go/offload/destination"
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// Delivery defaults.
+const (
+	DefaultDeliveryTries          = 10
+	DefaultDeliveryBackoffInitial = 2 * time.Second
+	DefaultDeliveryBackoffMax     = 5 * time.Minute
+	DefaultDeliveryConcurrency    = 8
+	// MaxSubmitBody bounds the body of a request passed to Submit.
+	MaxSubmitBody = 16 << 20
+	deliveryBatch = 64
+)
+
+// deliverLoop sends the outbox's due deliveries to their destinations. It
+// wakes when a delivery is written or rescheduled, a delivery slot frees,
+// or the next one falls due; it never polls.
+func (s *Scheduler) deliverLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		next, err := s.sendDue(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("offload: reading the outbox failed; retrying in 1s", "err", err)
+			next = time.Now().Add(time.Second)
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		case <-s.dwake:
+		case <-timer.C:
+		}
+	}
+}
+
+func (s *Scheduler) sendDue(ctx context.Context) (time.Time, error) {
+	skip := func(key string) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.sending[key]
+	}
+	due, next, err := s.q.PendingDeliveries(context.WithoutCancel(ctx), time.Now(), deliveryBatch, skip)
+	if err != nil {
+		return time.Time{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range due {
+		slot := d.Target + "\x00" + d.Destination
+		if s.perDest[slot] >= s.opts.DeliveryConcurrency {
+			continue // this destination is busy; a finished send wakes us
+		}
+		s.perDest[slot]++
+		s.sending[string(d.Key)] = true
+		s.senders.Add(1)
+		go s.send(d, slot)
+	}
+	return next, nil
+}
+
+// send makes one delivery try and records how it went.
+func (s *Scheduler) send(d *queue.Delivery, slot string) {
+	defer s.senders.Done()
+	res := s.try(d)
+	switch {
+	case errors.Is(context.Cause(s.sendCtx), task.ErrShutdown):
+		// Cut short by shutdown: the entry stays due, uncounted, for the next run.
+	case res.Error != "":
+		s.log.Warn("offload: delivery failed", "id", d.TaskID, "target", d.Target, "destination", d.Destination,
+			"try", d.Tries+1, "retryAt", res.RetryAt, "err", res.Error)
+		fallthrough
+	default:
+		if err := s.q.FinishDelivery(context.Background(), d, res); err != nil {
+			s.log.Error("offload: recording a delivery failed; it will be tried again", "id", d.TaskID, "err", err)
+		}
+	}
+	s.mu.Lock()
+	delete(s.sending, string(d.Key))
+	s.perDest[slot]--
+	s.mu.Unlock()
+	select {
+	case s.dwake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
+	s.mu.Lock()
+	t := s.targets[d.Target]
+	s.mu.Unlock()
+	var dest destination.Destination
+	if t != nil {
+		dest = t.policy.OnFailure
+		if d.Destination == task.OnSuccess {
+			dest = t.policy.OnSuccess
+		}
+	}
+	if dest == nil {
+		return queue.DeliveryResult{Error: fmt.Sprintf("target %q has no %s destination any more", d.Target, d.Destination)}
+	}
+	tk, err := s.q.GetTask(s.sendCtx, d.TaskID)
+	if errors.Is(err, task.ErrNotFound) {
+		return queue.DeliveryResult{Error: "task no longer exists"}
+	}
+	if err == nil {
+		cond, _ := destination.ConditionOf(tk)
+		err = dest.Deliver(s.sendCtx, destination.NewRecord(tk, cond))
+		if err == nil {
+			return queue.DeliveryResult{}
+		}
+	}
+	res := queue.DeliveryResult{Error: err.Error()}
+	if d.Tries+1 < s.opts.DeliveryTries && !errors.As(err, new(*destination.PermanentError)) {
+		res.RetryAt = time.Now().Add(backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1))
+	}
+	return res
+}
+
+// Submit stores r as a new async task for target, as the trigger
+// middleware would for an async HTTP request: it is durable when Submit
+// returns, and its ID is returned. The body is read whole (at most
+// MaxSubmitBody bytes). An Idempotency-Key header makes a repeated Submit
+// of the same request return the first task's ID. Submit implements
+// destination.Submitter, and lets application code start async work
+// without an HTTP round trip.
+func (s *Scheduler) Submit(ctx context.Context, target string, r *http.Request) (string, error) {
+	uri := r.URL.RequestURI()
+	req := &reqcodec.Request{
+		Method: r.Method, RequestURI: uri, Proto: "HTTP/1.1", Host: r.Host, RemoteAddr: r.RemoteAddr,
+		Header: r.Header, Values: reqcodec.SortedKVs(s.Capture(r)),
+	}
+	job := &queue.Job{Target: target, IdempotencyKey: r.Header.Get("Idempotency-Key"), Request: req}
+	if r.Body != nil {
+		body, err := io.ReadAll(io.LimitReader(r.Body, MaxSubmitBody+1))
+		if err != nil {
+			return "", fmt.Errorf("invoke: submit to %s: read body: %w", target, err)
+		}
+		if len(body) > MaxSubmitBody {
+			return "", fmt.Errorf("invoke: submit to %s: body over %d bytes", target, MaxSubmitBody)
+		}
+		req.Body, req.BodySize = body, int64(len(body))
+	}
+	if job.IdempotencyKey != "" {
+		h := reqcodec.NewFingerprint(r.Method, uri)
+		h.Write(req.Body)
+		h.Sum(job.Fingerprint[:0])
+	}
+	rc, err := s.Enqueue(ctx, job)
+	if err != nil {
+		return "", err
+	}
+	return rc.ID, nil
+}

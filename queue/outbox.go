@@ -1,0 +1,188 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"maps"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/offload-go/offload/task"
+)
+
+// The outbox holds the deliveries of finished tasks until a destination
+// has them. An entry is written in the transaction that finishes its task,
+// so a crash between finishing and delivering loses none.
+//
+// Outbox key: dueNs(8) key16 kind(1) -> tries(4) lastError.
+var bOutbox = []byte("outbox")
+
+const (
+	kindSuccess byte = 's'
+	kindFailure byte = 'f'
+)
+
+func kindName(k byte) string {
+	if k == kindSuccess {
+		return task.OnSuccess
+	}
+	return task.OnFailure
+}
+
+// maxDeliveries bounds the delivery history kept on a task.
+const maxDeliveries = 8
+
+// Delivery is one pending result delivery.
+type Delivery struct {
+	TaskID string
+	Target string
+	// Destination is task.OnSuccess or task.OnFailure.
+	Destination string
+	// Tries counts the earlier tries.
+	Tries int
+	// Key is the backend's own handle for the delivery.
+	Key []byte
+}
+
+// DeliveryResult is how a delivery try ended.
+type DeliveryResult struct {
+	// Error is empty when the destination has the record.
+	Error string
+	// RetryAt, when not zero and Error is set, schedules another try;
+	// zero with an Error gives up: the delivery is failed.
+	RetryAt time.Time
+}
+
+// SetDestinations implements Backend: from now on, target's finishes
+// write a delivery for onSuccess (a Succeeded task) and onFailure (any
+// other terminal status) when set.
+func (q *Queue) SetDestinations(target string, onSuccess, onFailure bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rules := maps.Clone(q.destinations)
+	if rules == nil {
+		rules = map[string]uint8{}
+	}
+	var r uint8
+	if onSuccess {
+		r |= 1
+	}
+	if onFailure {
+		r |= 2
+	}
+	rules[target] = r
+	q.destinations = rules
+}
+
+// outbox writes the delivery that a task's finish owes, if its target has
+// a destination for it. The caller holds the writer of a task moving into
+// a terminal status.
+func (w *writer) outbox(key []byte, m *jobMeta, s *state, to task.Status) error {
+	kind, bit := kindFailure, uint8(2)
+	if to == task.Succeeded {
+		kind, bit = kindSuccess, 1
+	}
+	if w.destinations[m.target]&bit == 0 {
+		return nil
+	}
+	if err := w.tx.Bucket(bOutbox).Put(outboxKey(w.now, key, kind), outboxValue(0, "")); err != nil {
+		return err
+	}
+	s.Deliveries = append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now})
+	if len(s.Deliveries) > maxDeliveries {
+		s.Deliveries = s.Deliveries[len(s.Deliveries)-maxDeliveries:]
+	}
+	w.notices = append(w.notices, Notice{Kind: DeliveryReady})
+	return nil
+}
+
+func outboxKey(due time.Time, key []byte, kind byte) []byte {
+	return append(timeKey(due, key), kind)
+}
+
+func outboxValue(tries int, lastError string) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(tries)), lastError...)
+}
+
+// PendingDeliveries implements Backend: up to max deliveries due by now,
+// leaving out those skip names (by Delivery.Key, as a string), and the due
+// time of the first one not yet due.
+func (q *Queue) PendingDeliveries(ctx context.Context, now time.Time, max int, skip func(key string) bool) ([]*Delivery, time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, time.Time{}, err
+	}
+	var out []*Delivery
+	var next time.Time
+	nowNs := uint64(now.UnixNano())
+	err := q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bOutbox).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if due := binary.BigEndian.Uint64(k); due > nowNs {
+				next = time.Unix(0, int64(due)).UTC()
+				return nil
+			}
+			if len(out) == max {
+				return nil
+			}
+			if skip(string(k)) || len(k) != 25 || len(v) < 4 {
+				continue
+			}
+			d := &Delivery{Destination: kindName(k[24]), Tries: int(binary.BigEndian.Uint32(v)), Key: bytes.Clone(k)}
+			if m, _, err := decodeMeta(tx.Bucket(bTasks).Get(k[8:24])); err == nil {
+				d.TaskID, d.Target = taskID(k[8:24], m), m.target
+			} else {
+				d.TaskID = ulidString(k[8:24]) // purged or damaged: FinishDelivery drops it
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// FinishDelivery implements Backend.
+func (q *Queue) FinishDelivery(ctx context.Context, d *Delivery, res DeliveryResult) error {
+	return q.submit(ctx, &deliveryOp{d: d, res: res})
+}
+
+type deliveryOp struct {
+	d   *Delivery
+	res DeliveryResult
+}
+
+func (o *deliveryOp) apply(w *writer) error {
+	k := o.d.Key
+	ob := w.tx.Bucket(bOutbox)
+	if len(k) != 25 || ob.Get(k) == nil {
+		return nil // already finished
+	}
+	if err := ob.Delete(k); err != nil {
+		return err
+	}
+	key, tries := k[8:24], o.d.Tries+1
+	status := task.DeliveryDelivered
+	switch {
+	case o.res.Error != "" && !o.res.RetryAt.IsZero():
+		status = task.DeliveryPending
+		if err := ob.Put(outboxKey(o.res.RetryAt, key, k[24]), outboxValue(tries, o.res.Error)); err != nil {
+			return err
+		}
+		w.notices = append(w.notices, Notice{Kind: DeliveryReady})
+	case o.res.Error != "":
+		status = task.DeliveryFailed
+	}
+	m, s, err := w.load(key)
+	if err != nil || m == nil {
+		return err // a task gone (purged) takes its deliveries' history with it
+	}
+	for i := len(s.Deliveries) - 1; i >= 0; i-- {
+		dv := &s.Deliveries[i]
+		if dv.Destination == o.d.Destination && dv.Status == task.DeliveryPending {
+			dv.Status, dv.Tries, dv.LastError, dv.UpdatedAt = status, tries, o.res.Error, w.now
+			break
+		}
+	}
+	return w.putState(key, s)
+}
