@@ -80,7 +80,10 @@ func (s *Scheduler) sendDue(ctx context.Context) (time.Time, error) {
 // send makes one delivery try and records how it went.
 func (s *Scheduler) send(d *queue.Delivery, slot string) {
 	defer s.senders.Done()
+	started := time.Now()
 	res := s.try(d)
+	s.observe(Event{Kind: EventDelivered, Target: d.Target, TaskID: d.TaskID, Destination: d.Destination,
+		Attempt: d.Tries + 1, Duration: time.Since(started), Err: res.Error})
 	switch {
 	case errors.Is(context.Cause(s.sendCtx), task.ErrShutdown):
 		// Cut short by shutdown: the entry stays due, uncounted, for the next run.

@@ -128,7 +128,7 @@ func backoffDelay(initial, maxDelay time.Duration, n int) time.Duration {
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     initial,
 		RandomizationFactor: backoff.DefaultRandomizationFactor,
-		Multiplier:          backoff.DefaultMultiplier,
+		Multiplier:          2,
 		MaxInterval:         maxDelay,
 		Stop:                backoff.Stop,
 		Clock:               backoff.SystemClock,

@@ -53,6 +53,11 @@ func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Ou
 		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
 	}
 
+	rep := &reporter{q: s.q, lease: l, interval: s.opts.ReportInterval, onError: func(err error) {
+		s.log.Warn("offload: writing task progress failed", "id", l.ID, "err", err)
+	}}
+	r = r.WithContext(task.WithReporter(ctx, rep, s.log))
+
 	rec := newRecorder(s.opts.ResponseBodyCap)
 	started := time.Now()
 	panicked := serve(t.handler, rec, r)
@@ -60,7 +65,9 @@ func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Ou
 	if ctx.Err() == nil {
 		cause = nil
 	}
-	return s.decide(t, l, rec, panicked, cause, time.Since(started))
+	out := s.decide(t, l, rec, panicked, cause, time.Since(started))
+	out.Report = rep.close()
+	return out
 }
 
 // serve runs the handler, turning a panic into its message and stack.
@@ -128,12 +135,14 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 	switch {
 	case panicked != "":
 		verdict, out.Error = Retry, panicked
-	case errors.Is(cause, task.ErrShutdown) && p.Classify(code) != Success:
+	// A handler whose context we cancelled may answer anything, 200 by
+	// returning without a word: the cancellation, not the answer, decides.
+	case errors.Is(cause, task.ErrShutdown):
 		// Handed back unrun: the attempt was cut short by our shutdown.
 		return queue.Outcome{Status: task.Enqueued, Detail: "scheduler shut down during the attempt"}
 	case errors.Is(cause, task.ErrStopped):
 		return queue.Outcome{Status: task.Failed, Error: "stopped on request", Response: out.Response}
-	case errors.Is(cause, task.ErrTimeout) && p.Classify(code) != Success:
+	case errors.Is(cause, task.ErrTimeout):
 		verdict, out.Error = Retry, fmt.Sprintf("attempt timed out after %s", p.Timeout)
 	default:
 		verdict = p.Classify(code)

@@ -50,6 +50,15 @@ type Options struct {
 	// DefaultDeliveryBackoffMax.
 	DeliveryBackoffInitial time.Duration
 	DeliveryBackoffMax     time.Duration
+	// ReportInterval is how often, at most, what a running handler logs
+	// (task.Logger) and reports (task.SetProgress) is written to the store.
+	// Defaults to DefaultReportInterval.
+	ReportInterval time.Duration
+	// Observer, if not nil, hears of every enqueue, attempt start, retry,
+	// finish, expiry and delivery, to feed metrics (Prometheus, expvar,
+	// OpenTelemetry) without offload depending on them. It is called
+	// synchronously on the scheduler's goroutines and must be quick.
+	Observer func(Event)
 	// DeliveryConcurrency bounds the deliveries in flight to one
 	// destination, so that a slow one cannot hold up the others. Defaults
 	// to DefaultDeliveryConcurrency.
@@ -108,7 +117,7 @@ func New(q queue.Backend, opts *Options) (*Scheduler, error) {
 		o = *opts
 	}
 	if o.ShutdownTimeout < 0 || o.ResponseBodyCap < 0 || o.DeliveryTries < 0 || o.DeliveryBackoffInitial < 0 ||
-		o.DeliveryBackoffMax < 0 || o.DeliveryConcurrency < 0 {
+		o.DeliveryBackoffMax < 0 || o.DeliveryConcurrency < 0 || o.ReportInterval < 0 {
 		return nil, fmt.Errorf("invoke: negative option")
 	}
 	o.ShutdownTimeout = cmp.Or(o.ShutdownTimeout, DefaultShutdownTimeout)
@@ -117,6 +126,7 @@ func New(q queue.Backend, opts *Options) (*Scheduler, error) {
 	o.DeliveryBackoffInitial = cmp.Or(o.DeliveryBackoffInitial, DefaultDeliveryBackoffInitial)
 	o.DeliveryBackoffMax = cmp.Or(o.DeliveryBackoffMax, DefaultDeliveryBackoffMax)
 	o.DeliveryConcurrency = cmp.Or(o.DeliveryConcurrency, DefaultDeliveryConcurrency)
+	o.ReportInterval = cmp.Or(o.ReportInterval, DefaultReportInterval)
 	if o.DeliveryBackoffMax < o.DeliveryBackoffInitial {
 		return nil, fmt.Errorf("invoke: DeliveryBackoffMax is shorter than DeliveryBackoffInitial")
 	}
@@ -188,7 +198,11 @@ func (s *Scheduler) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt,
 	}
 	j := *job
 	j.MaxQueued = t.policy.MaxQueued
-	return s.q.Enqueue(ctx, &j)
+	rc, err := s.q.Enqueue(ctx, &j)
+	if err == nil && !rc.Replayed {
+		s.observe(Event{Kind: EventEnqueued, Target: j.Target, TaskID: rc.ID, Status: task.Enqueued})
+	}
+	return rc, err
 }
 
 // CreateBlob starts a large body in the queue's storage; see queue.Backend.
@@ -378,6 +392,7 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	}
 	for _, t := range res.Expired {
 		s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
+		s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
 	}
 	return res.Next, nil
 }
@@ -391,6 +406,9 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 	go func() {
 		defer s.workers.Done()
 		defer cancel(nil)
+		s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
+			Duration: time.Since(l.EnqueuedAt)})
+		started := time.Now()
 		out := s.run(ctx, t, l)
 		// Record the outcome even while shutting down: it is what happened.
 		final, err := s.q.Finish(context.Background(), l, out)
@@ -399,6 +417,14 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 			s.log.Error("offload: finish failed; the attempt will be run again", "id", l.ID, "target", t.name, "err", err)
 		case final == task.Retrying || final == task.Failed || final == task.Expired:
 			s.log.Warn("offload: attempt failed", "id", l.ID, "target", t.name, "attempt", l.Attempt, "status", final, "err", out.Error)
+		}
+		if err == nil && final != task.Enqueued {
+			kind := EventFinished
+			if final == task.Retrying {
+				kind = EventRetried
+			}
+			s.observe(Event{Kind: kind, Target: t.name, TaskID: l.ID, Status: final, Attempt: l.Attempt,
+				Duration: time.Since(started), Err: out.Error})
 		}
 		s.mu.Lock()
 		delete(s.running, l.ID)

@@ -31,6 +31,9 @@ type Backend interface {
 	// Finish records the outcome of a leased attempt. It wraps
 	// task.ErrLeaseLost if the attempt no longer holds the task.
 	Finish(ctx context.Context, l *Lease, o Outcome) (task.Status, error)
+	// Report records what a running attempt reported (logs, progress).
+	// It wraps task.ErrLeaseLost if the attempt no longer holds the task.
+	Report(ctx context.Context, l *Lease, r *Report) error
 	// Invalidate marks Invalid every waiting task whose target is not in
 	// known, since nothing will ever run it.
 	Invalidate(ctx context.Context, known []string) (int, error)
@@ -133,6 +136,8 @@ type Outcome struct {
 	Error     string
 	Detail    string
 	Response  *task.Response
+	// Report is what the attempt reported since its last Report call.
+	Report *Report
 }
 
 // NoticeKind says what a Notice reports.

@@ -94,6 +94,12 @@ func appendRecord(dst []byte, m *jobMeta, req *reqcodec.Request) []byte {
 	return reqcodec.Append(dst, req)
 }
 
+// recordSize bounds the length of appendRecord's output (the version, three
+// strings with their lengths, two times), so that a record is allocated once.
+func recordSize(m *jobMeta, req *reqcodec.Request) int {
+	return 1 + 5*binary.MaxVarintLen64 + len(m.callerID) + len(m.target) + len(m.idemKey) + reqcodec.Size(req)
+}
+
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)
@@ -148,18 +154,20 @@ func readVarint(b []byte) (int64, []byte, bool) {
 
 // state is a task's mutable part.
 type state struct {
-	Status     task.Status    `json:"status"`
-	Attempts   int            `json:"attempts,omitempty"`
-	RetryBase  int            `json:"retryBase,omitempty"`
-	Throttled  int            `json:"throttled,omitempty"` // attempts answered 429/503 since RetryBase
-	EnqueuedAt time.Time      `json:"enqueuedAt"`
-	StartedAt  time.Time      `json:"startedAt,omitzero"`
-	FinishedAt time.Time      `json:"finishedAt,omitzero"`
-	ReadyAt    time.Time      `json:"readyAt,omitzero"`
-	LastError  string         `json:"lastError,omitempty"`
-	Events     []task.Event   `json:"events,omitempty"`
-	Response   *task.Response `json:"response,omitempty"`
-	Deliveries []task.Delivery `json:"deliveries,omitempty"`
+	Status     task.Status      `json:"status"`
+	Attempts   int              `json:"attempts,omitempty"`
+	RetryBase  int              `json:"retryBase,omitempty"`
+	Throttled  int              `json:"throttled,omitempty"` // attempts answered 429/503 since RetryBase
+	EnqueuedAt time.Time        `json:"enqueuedAt"`
+	StartedAt  time.Time        `json:"startedAt,omitzero"`
+	FinishedAt time.Time        `json:"finishedAt,omitzero"`
+	ReadyAt    time.Time        `json:"readyAt,omitzero"`
+	LastError  string           `json:"lastError,omitempty"`
+	Events     []task.Event     `json:"events,omitempty"`
+	Response   *task.Response   `json:"response,omitempty"`
+	Deliveries []task.Delivery  `json:"deliveries,omitempty"`
+	Progress   *task.Progress   `json:"progress,omitempty"`
+	Logs       []task.LogRecord `json:"logs,omitempty"`
 }
 
 // initialState is the state of a task that has not changed since enqueue,
@@ -239,6 +247,8 @@ func buildTask(key []byte, m *jobMeta, s *state, req *reqcodec.Request, withBody
 		Events:     s.Events,
 		Response:   s.Response,
 		Deliveries: s.Deliveries,
+		Progress:   s.Progress,
+		Logs:       s.Logs,
 	}
 	if waiting(s.Status) {
 		t.ReadyAt = s.ReadyAt

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/task"
 )
@@ -26,12 +28,15 @@ func (q *Queue) Enqueue(ctx context.Context, job *Job) (Receipt, error) {
 		return Receipt{}, fmt.Errorf("queue: enqueue: nil request")
 	}
 	now := q.opts.Now()
-	m := &jobMeta{callerID: job.ID, target: job.Target, created: now, readyAt: job.ReadyAt, idemKey: job.IdempotencyKey}
+	// One allocation holds the op, its key and its meta.
+	o := &enqueueOp{job: job, keyArr: task.NewULID(now)}
+	o.key, o.meta = o.keyArr[:], &o.metaVal
+	m := o.meta
+	*m = jobMeta{callerID: job.ID, target: job.Target, created: now, readyAt: job.ReadyAt, idemKey: job.IdempotencyKey}
 	if m.readyAt.Before(now) {
 		m.readyAt = now
 	}
-	key := task.NewULID(now)
-	o := &enqueueOp{key: key[:], meta: m, job: job, record: appendRecord(nil, m, job.Request)}
+	o.record = appendRecord(make([]byte, 0, recordSize(m, job.Request)), m, job.Request)
 	if err := q.submit(ctx, o); err != nil {
 		return Receipt{}, err
 	}
@@ -45,6 +50,9 @@ type enqueueOp struct {
 	record  []byte
 	receipt Receipt
 	err     error
+
+	keyArr  ulid.ULID // backs key when Enqueue made the op
+	metaVal jobMeta   // backs meta when Enqueue made the op
 }
 
 func (o *enqueueOp) apply(w *writer) error {
@@ -241,6 +249,7 @@ func (o *finishOp) apply(w *writer) error {
 	if out.Response != nil {
 		s.Response = out.Response
 	}
+	out.Report.apply(s)
 	readyAt := out.ReadyAt
 	if readyAt.Before(w.now) {
 		readyAt = w.now

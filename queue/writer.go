@@ -24,9 +24,11 @@ type writer struct {
 	// destinations is the outbox rule per target, as of this batch.
 	destinations map[string]uint8
 	// countDelta collects counter changes, written once per transaction.
-	countDelta map[string]int64
-	notices    []Notice
-	wake       bool // a task became ready, or the earliest ready time may have moved
+	countDelta map[countID]int64
+	// kbuf builds index keys; see timeKey.
+	kbuf    []byte
+	notices []Notice
+	wake    bool // a task became ready, or the earliest ready time may have moved
 }
 
 func (w *writer) cacheBuckets() {
@@ -46,30 +48,52 @@ func (w *writer) sub(parent *bolt.Bucket, target string) (*bolt.Bucket, error) {
 	return parent.CreateBucket([]byte(target))
 }
 
+// timeKey is timeKey(t, key) built in w's key buffer, and statusKey is
+// statusKey(s, key): they save an allocation per index entry. Such a key is
+// valid until the next one is built and may only be passed to Put, Get and
+// Delete, which keep none of their key (bbolt's Put stores a copy since
+// v1.4); a value is kept until the commit and must never come from it.
+func (w *writer) timeKey(t time.Time, key []byte) []byte {
+	w.kbuf = append(binary.BigEndian.AppendUint64(w.kbuf[:0], uint64(t.UnixNano())), key...)
+	return w.kbuf
+}
+
+func (w *writer) statusKey(s task.Status, key []byte) []byte {
+	w.kbuf = append(append(w.kbuf[:0], statusByte(s)), key...)
+	return w.kbuf
+}
+
+// countID names a counter without building its key.
+type countID struct {
+	target string
+	status task.Status
+}
+
 func (w *writer) count(target string, s task.Status, delta int64) {
 	if w.countDelta == nil {
-		w.countDelta = make(map[string]int64)
+		w.countDelta = make(map[countID]int64)
 	}
-	w.countDelta[string(countKey(target, s))] += delta
+	w.countDelta[countID{target, s}] += delta
 }
 
 func (w *writer) flushCounts() error {
-	for k, d := range w.countDelta {
+	for id, d := range w.countDelta {
 		if d == 0 {
 			continue
 		}
+		k := countKey(id.target, id.status)
 		var n int64
-		if v := w.counts.Get([]byte(k)); len(v) == 8 {
+		if v := w.counts.Get(k); len(v) == 8 {
 			n = int64(binary.BigEndian.Uint64(v))
 		}
 		n += d
 		if n == 0 {
-			if err := w.counts.Delete([]byte(k)); err != nil {
+			if err := w.counts.Delete(k); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := w.counts.Put([]byte(k), binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+		if err := w.counts.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
 			return err
 		}
 	}
@@ -84,11 +108,10 @@ func (w *writer) liveCount(target string) int64 {
 		if !unfinished(s) {
 			continue
 		}
-		k := countKey(target, s)
-		if v := w.counts.Get(k); len(v) == 8 {
+		if v := w.counts.Get(countKey(target, s)); len(v) == 8 {
 			n += int64(binary.BigEndian.Uint64(v))
 		}
-		n += w.countDelta[string(k)]
+		n += w.countDelta[countID{target, s}]
 	}
 	return n
 }
@@ -100,14 +123,14 @@ func (w *writer) insert(key []byte, target string, readyAt time.Time) error {
 		return err
 	}
 	rb.FillPercent = 1.0
-	if err := rb.Put(timeKey(readyAt, key), nil); err != nil {
+	if err := rb.Put(w.timeKey(readyAt, key), nil); err != nil {
 		return err
 	}
 	ib, err := w.sub(w.index, target)
 	if err != nil {
 		return err
 	}
-	if err := ib.Put(statusKey(task.Enqueued, key), nil); err != nil {
+	if err := ib.Put(w.statusKey(task.Enqueued, key), nil); err != nil {
 		return err
 	}
 	w.count(target, task.Enqueued, 1)
@@ -125,10 +148,10 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 	if err != nil {
 		return err
 	}
-	if err := ib.Delete(statusKey(from, key)); err != nil {
+	if err := ib.Delete(w.statusKey(from, key)); err != nil {
 		return err
 	}
-	if err := ib.Put(statusKey(to, key), nil); err != nil {
+	if err := ib.Put(w.statusKey(to, key), nil); err != nil {
 		return err
 	}
 	w.count(m.target, from, -1)
@@ -136,7 +159,7 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 
 	if waiting(from) {
 		if rb := w.ready.Bucket([]byte(m.target)); rb != nil {
-			if err := rb.Delete(timeKey(s.ReadyAt, key)); err != nil {
+			if err := rb.Delete(w.timeKey(s.ReadyAt, key)); err != nil {
 				return err
 			}
 		}
@@ -147,20 +170,20 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 		if err != nil {
 			return err
 		}
-		if err := rb.Put(timeKey(s.ReadyAt, key), nil); err != nil {
+		if err := rb.Put(w.timeKey(s.ReadyAt, key), nil); err != nil {
 			return err
 		}
 		w.wake = true
 	}
 	if from.Terminal() {
-		if err := w.done.Delete(timeKey(s.FinishedAt, key)); err != nil {
+		if err := w.done.Delete(w.timeKey(s.FinishedAt, key)); err != nil {
 			return err
 		}
 		s.FinishedAt = time.Time{}
 	}
 	if to.Terminal() {
 		s.FinishedAt = w.now
-		if err := w.done.Put(timeKey(s.FinishedAt, key), nil); err != nil {
+		if err := w.done.Put(w.timeKey(s.FinishedAt, key), nil); err != nil {
 			return err
 		}
 		if err := w.outbox(key, m, s, to); err != nil {

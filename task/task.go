@@ -1,9 +1,11 @@
 package task
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -33,6 +35,10 @@ type Task struct {
 	Events    []Event   `json:"events,omitempty"`
 	Request   Request   `json:"request"`
 	Response  *Response `json:"response,omitempty"`
+	// Progress and Logs are what the handler reported through SetProgress
+	// and Logger, the latest records last.
+	Progress *Progress   `json:"progress,omitempty"`
+	Logs     []LogRecord `json:"logs,omitempty"`
 	// Deliveries are the destination deliveries of the task's finishes,
 	// oldest first.
 	Deliveries []Delivery `json:"deliveries,omitempty"`
@@ -106,6 +112,16 @@ type Store interface {
 	// RetryTask enqueues a Failed, Stopped, Expired or Invalid task again
 	// with a fresh retry budget. It wraps ErrNotRetryable otherwise.
 	RetryTask(ctx context.Context, id string, reason string) (*Task, error)
+	// CountTasks returns how many tasks each target has in each status
+	// (only the non-zero counts), in O(1) of the backlog.
+	CountTasks(ctx context.Context) ([]Count, error)
+}
+
+// Count is how many tasks a target has in a status.
+type Count struct {
+	Target string `json:"target"`
+	Status Status `json:"status"`
+	N      int64  `json:"count"`
 }
 
 // Query returns the task with the given ID. It wraps [ErrInvalidID] for a
@@ -153,6 +169,21 @@ func Retry(ctx context.Context, s Store, id, reason string) (*Task, error) {
 	}
 	return s.RetryTask(ctx, id, reason)
 }
+
+// Counts returns how many tasks each target has in each status (only the
+// non-zero counts), sorted by target then status.
+func Counts(ctx context.Context, s Store) ([]Count, error) {
+	counts, err := s.CountTasks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(counts, func(a, b Count) int {
+		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(statusRank(a.Status), statusRank(b.Status)))
+	})
+	return counts, nil
+}
+
+func statusRank(s Status) int { return slices.Index(Statuses, s) }
 
 // Order is the listing order.
 type Order string

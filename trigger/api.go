@@ -34,6 +34,7 @@ type APIOptions struct {
 //	GET  /?status=&target=&prefix=&since=&until=&order=&limit=&cursor=
 //	POST /{id}/stop     stop the task
 //	POST /{id}/retry    run a Failed, Stopped, Expired or Invalid task again
+//	GET  /-/counts      how many tasks each target has in each status
 //
 // Times in since and until are RFC 3339. Answers are JSON in Function
 // Compute's field names where FC has one.
@@ -49,6 +50,7 @@ func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", a.list)
+	mux.HandleFunc("GET /-/counts", a.counts)
 	mux.HandleFunc("GET /{id}", a.get)
 	mux.HandleFunc("POST /{id}/stop", a.stop)
 	mux.HandleFunc("POST /{id}/retry", a.retry)
@@ -85,6 +87,17 @@ func (a *api) retry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, a.view(t, false))
+}
+
+func (a *api) counts(w http.ResponseWriter, r *http.Request) {
+	counts, err := task.Counts(r.Context(), a.store)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Counts []task.Count `json:"counts"`
+	}{counts})
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
@@ -169,20 +182,23 @@ type listView struct {
 
 // taskView is a task as the API shows it, in FC's field names.
 type taskView struct {
-	ID                  string        `json:"id"`
-	Target              string        `json:"target"`
-	Status              task.Status   `json:"status"`
-	CreatedTime         time.Time     `json:"createdTime"`
-	StartedTime         *time.Time    `json:"startedTime,omitempty"`
-	EndTime             *time.Time    `json:"endTime,omitempty"`
-	DurationMs          *int64        `json:"durationMs,omitempty"`
-	NextAttemptTime     *time.Time    `json:"nextAttemptTime,omitempty"`
-	InvocationCount     int           `json:"invocationCount"`
-	AlreadyRetriedTimes int           `json:"alreadyRetriedTimes"`
-	LastError           string        `json:"lastError,omitempty"`
-	Events              []task.Event  `json:"events"`
-	Request             requestView   `json:"request"`
-	Response            *responseView `json:"response,omitempty"`
+	ID                  string           `json:"id"`
+	Target              string           `json:"target"`
+	Status              task.Status      `json:"status"`
+	CreatedTime         time.Time        `json:"createdTime"`
+	StartedTime         *time.Time       `json:"startedTime,omitempty"`
+	EndTime             *time.Time       `json:"endTime,omitempty"`
+	DurationMs          *int64           `json:"durationMs,omitempty"`
+	NextAttemptTime     *time.Time       `json:"nextAttemptTime,omitempty"`
+	InvocationCount     int              `json:"invocationCount"`
+	AlreadyRetriedTimes int              `json:"alreadyRetriedTimes"`
+	LastError           string           `json:"lastError,omitempty"`
+	Events              []task.Event     `json:"events"`
+	Progress            *task.Progress   `json:"progress,omitempty"`
+	Logs                []task.LogRecord `json:"logs,omitempty"`
+	Deliveries          []task.Delivery  `json:"destinationStatus,omitempty"`
+	Request             requestView      `json:"request"`
+	Response            *responseView    `json:"response,omitempty"`
 	// ReturnPayload is the response body as text (base64 when it is not
 	// UTF-8, as ReturnPayloadEncoding says).
 	ReturnPayload         string `json:"returnPayload,omitempty"`
@@ -227,6 +243,9 @@ func (a *api) view(t *task.Task, withPayload bool) taskView {
 		AlreadyRetriedTimes: max(t.Attempts-1, 0),
 		LastError:           t.LastError,
 		Events:              t.Events,
+		Progress:            t.Progress,
+		Logs:                t.Logs,
+		Deliveries:          t.Deliveries,
 		Request: requestView{
 			Method:     t.Request.Method,
 			URL:        t.Request.URL,

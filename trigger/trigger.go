@@ -71,9 +71,42 @@ type Options struct {
 
 // Trigger makes handlers answer async requests by storing them.
 type Trigger struct {
-	e    Enqueuer
-	opts Options
-	bufs sync.Pool
+	e      Enqueuer
+	opts   Options
+	states sync.Pool // of *acceptState
+}
+
+// acceptState is what one accept needs besides the request, pooled: the
+// stored request, the job and the inline body's buffer. The queue has
+// copied all of it into its record when Enqueue returns, so they are
+// reused after that.
+type acceptState struct {
+	req reqcodec.Request
+	job queue.Job
+	buf bytes.Buffer
+	lr  io.LimitedReader
+}
+
+// maxPooledBuf bounds the buffers kept for reuse, so that one large inline
+// body does not pin its memory.
+const maxPooledBuf = 64 << 10
+
+func (tr *Trigger) getState() *acceptState {
+	if st, ok := tr.states.Get().(*acceptState); ok {
+		return st
+	}
+	return new(acceptState)
+}
+
+func (tr *Trigger) putState(st *acceptState) {
+	if st.buf.Cap() > maxPooledBuf {
+		return
+	}
+	st.req = reqcodec.Request{}
+	st.job = queue.Job{}
+	st.lr = io.LimitedReader{}
+	st.buf.Reset()
+	tr.states.Put(st)
 }
 
 // New returns a Trigger that stores async requests through e.
@@ -123,10 +156,14 @@ func (tr *Trigger) Middleware(target string) func(http.Handler) http.Handler {
 // classify reports whether r asks for async invocation, and whether it
 // asked by Prefer. It answers 400 itself for an invalid invocation type.
 func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool) {
+	v := r.Header.Get(HeaderInvocationType)
+	if v == "" && len(r.Header["Prefer"]) == 0 {
+		return false, false, true // the common sync call, decided at once
+	}
 	if _, replay := task.FromContext(r.Context()); replay {
 		return false, false, true // a replay runs the handler itself
 	}
-	switch v := r.Header.Get(HeaderInvocationType); {
+	switch {
 	case v == "":
 		if prefersAsync(r.Header.Values("Prefer")) {
 			return true, true, true
@@ -135,7 +172,7 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 	case strings.EqualFold(v, "Sync"):
 		return false, false, true
 	case strings.EqualFold(v, "Async"):
-		return true, false, true
+		return true, prefersAsync(r.Header.Values("Prefer")), true
 	default:
 		writeError(w, http.StatusBadRequest, CodeInvalidInvocationType,
 			fmt.Sprintf("%s must be Sync or Async, not %q", HeaderInvocationType, truncate(v, 40)))
@@ -145,10 +182,12 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 
 // prefersAsync finds the respond-async preference (RFC 7240) among Prefer
 // header values: comma-separated preferences, each with optional
-// ;-separated parameters.
+// ;-separated parameters, whose values may be quoted strings.
 func prefersAsync(values []string) bool {
 	for _, v := range values {
-		for pref := range strings.SplitSeq(v, ",") {
+		for v != "" {
+			var pref string
+			pref, v = nextElement(v)
 			name, _, _ := strings.Cut(pref, ";")
 			name, _, _ = strings.Cut(name, "=")
 			if strings.EqualFold(strings.TrimSpace(name), "respond-async") {
@@ -157,6 +196,23 @@ func prefersAsync(values []string) bool {
 		}
 	}
 	return false
+}
+
+// nextElement splits the first element off a comma-separated header
+// value; a comma inside a quoted string does not count.
+func nextElement(s string) (elem, rest string) {
+	quoted := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case quoted && c == '\\':
+			i++ // a quoted-pair
+		case c == '"':
+			quoted = !quoted
+		case c == ',' && !quoted:
+			return s[:i], s[i+1:]
+		}
+	}
+	return s, ""
 }
 
 // params are the async headers of a request, validated.
@@ -205,7 +261,10 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 		tr.tooLarge(w)
 		return
 	}
-	req := &reqcodec.Request{
+	st := tr.getState()
+	defer tr.putState(st)
+	req := &st.req
+	*req = reqcodec.Request{
 		Method:     r.Method,
 		RequestURI: r.URL.RequestURI(),
 		Proto:      r.Proto,
@@ -218,20 +277,30 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 	}
 	var sum hash.Hash
 	if p.idempotencyKey != "" {
-		sum = reqcodec.NewFingerprint(r.Method, req.RequestURI)
+		// A caller-chosen ID is part of the request: a retry under another
+		// ID must not be answered with the first task. A request URI holds
+		// no space, so no request without an ID hashes the same.
+		uri := req.RequestURI
+		if p.id != "" {
+			uri += " " + p.id
+		}
+		sum = reqcodec.NewFingerprint(r.Method, uri)
 	}
-	buf := tr.getBuf()
-	defer tr.bufs.Put(buf)
-	blob, err := tr.readBody(w, r, req, buf, sum)
+	blob, err := tr.readBody(w, r, st, sum)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			tr.tooLarge(w)
 			return
 		}
+		if errors.As(err, new(*storeError)) {
+			writeUnavailable(w, tr.opts.RetryAfter, CodeStoreUnavailable, "the request could not be stored; try again later")
+			return
+		}
 		writeError(w, http.StatusBadRequest, CodeInvalidArgument, "reading the request body: "+err.Error())
 		return
 	}
-	job := &queue.Job{ID: p.id, Target: target, IdempotencyKey: p.idempotencyKey, Request: req}
+	job := &st.job
+	*job = queue.Job{ID: p.id, Target: target, IdempotencyKey: p.idempotencyKey, Request: req}
 	if p.delay > 0 {
 		job.ReadyAt = time.Now().Add(p.delay)
 	}
@@ -249,32 +318,71 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 	if blob != nil && rc.Replayed {
 		_ = blob.Remove() // the earlier acceptance holds its own copy
 	}
+	tr.writeAccepted(w, &st.buf, rc.ID, preferred)
+}
+
+// Header values of every 202, shared: net/http only reads them.
+var (
+	jsonContentType     = []string{"application/json"}
+	noSniff             = []string{"nosniff"}
+	respondAsyncApplied = []string{"respond-async"}
+)
+
+// writeAccepted answers 202 for task id. It is writeJSON of
+// {"id": id, "status": "Enqueued"} made by hand, with no allocation but
+// the headers': an ID, generated or caller-chosen, holds only characters
+// that JSON need not escape.
+func (tr *Trigger) writeAccepted(w http.ResponseWriter, buf *bytes.Buffer, id string, preferred bool) {
 	h := w.Header()
-	h.Set(HeaderRequestID, rc.ID)
+	h["Content-Type"] = jsonContentType
+	h["X-Content-Type-Options"] = noSniff
 	if tr.opts.TaskPath != "" {
-		h.Set("Location", tr.opts.TaskPath+rc.ID)
+		vs := [...]string{id, tr.opts.TaskPath + id} // one allocation for both
+		h[HeaderRequestID] = vs[0:1:1]
+		h["Location"] = vs[1:2:2]
+	} else {
+		h[HeaderRequestID] = []string{id}
 	}
 	if preferred {
-		h.Set("Preference-Applied", "respond-async")
+		h["Preference-Applied"] = respondAsyncApplied
 	}
-	writeJSON(w, http.StatusAccepted, accepted{ID: rc.ID, Status: task.Enqueued})
+	if !plainID(id) { // not reached: the queue checks IDs; but be safe
+		writeJSON(w, http.StatusAccepted, struct {
+			ID     string      `json:"id"`
+			Status task.Status `json:"status"`
+		}{id, task.Enqueued})
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+	buf.Reset()
+	buf.WriteString(`{"id":"`)
+	buf.WriteString(id)
+	buf.WriteString(`","status":"` + string(task.Enqueued) + "\"}\n")
+	_, _ = w.Write(buf.Bytes())
 }
 
-type accepted struct {
-	ID     string      `json:"id"`
-	Status task.Status `json:"status"`
+// plainID reports whether id needs no escaping in JSON.
+func plainID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
-// readBody reads r's body into req: inline when it fits in the inline
-// limit, else streamed to a blob that is synced before return. sum, if
-// not nil, hashes every byte.
-func (tr *Trigger) readBody(w http.ResponseWriter, r *http.Request, req *reqcodec.Request, buf *bytes.Buffer, sum hash.Hash) (queue.Blob, error) {
+// readBody reads r's body into st.req: inline (in st.buf) when it fits in
+// the inline limit, else streamed to a blob that is synced before return.
+// sum, if not nil, hashes every byte.
+func (tr *Trigger) readBody(w http.ResponseWriter, r *http.Request, st *acceptState, sum hash.Hash) (queue.Blob, error) {
+	req, buf := &st.req, &st.buf
 	body := io.Reader(http.MaxBytesReader(w, r.Body, tr.opts.MaxBodyBytes))
 	if sum != nil {
 		body = io.TeeReader(body, sum)
 	}
 	limit := int64(tr.opts.InlineBodyLimit)
-	n, err := buf.ReadFrom(io.LimitReader(body, limit+1))
+	st.lr = io.LimitedReader{R: body, N: limit + 1}
+	n, err := buf.ReadFrom(&st.lr)
 	if err != nil {
 		return nil, err
 	}
@@ -284,16 +392,19 @@ func (tr *Trigger) readBody(w http.ResponseWriter, r *http.Request, req *reqcode
 	}
 	blob, err := tr.e.CreateBlob()
 	if err != nil {
-		return nil, err
+		return nil, &storeError{err}
 	}
-	written, err := buf.WriteTo(blob)
+	bw := blobWriter{blob}
+	written, err := buf.WriteTo(bw)
 	if err == nil {
 		var rest int64
-		rest, err = io.Copy(blob, body)
+		rest, err = io.Copy(bw, body)
 		written += rest
 	}
 	if err == nil {
-		err = blob.Close()
+		if err = blob.Close(); err != nil {
+			err = &storeError{err}
+		}
 	}
 	if err != nil {
 		_ = blob.Remove()
@@ -303,12 +414,23 @@ func (tr *Trigger) readBody(w http.ResponseWriter, r *http.Request, req *reqcode
 	return blob, nil
 }
 
-func (tr *Trigger) getBuf() *bytes.Buffer {
-	if b, ok := tr.bufs.Get().(*bytes.Buffer); ok {
-		b.Reset()
-		return b
+// storeError is a failure of the store (a full disk, say) while a body
+// is saved, told apart from a failure to read the client's body: it is
+// answered 503, not 400.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+// blobWriter marks the blob's write errors as store errors.
+type blobWriter struct{ b queue.Blob }
+
+func (w blobWriter) Write(p []byte) (int, error) {
+	n, err := w.b.Write(p)
+	if err != nil {
+		err = &storeError{err}
 	}
-	return new(bytes.Buffer)
+	return n, err
 }
 
 func (tr *Trigger) tooLarge(w http.ResponseWriter) {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"hash"
 	"maps"
+	"math/bits"
 	"net/http"
 	"slices"
 )
@@ -77,6 +78,37 @@ func Append(dst []byte, r *Request) []byte {
 	dst = appendKVs(dst, r.Values)
 	dst = binary.AppendUvarint(dst, uint64(r.BodySize))
 	return appendString(dst, r.Body)
+}
+
+// Size returns the length of r's encoding, so that a caller can allocate
+// the buffer it gives Append once.
+func Size(r *Request) int {
+	n := 1
+	for _, s := range [...]string{r.Method, r.RequestURI, r.Proto, r.Host, r.RemoteAddr, r.Pattern, r.Blob} {
+		n += stringSize(s)
+	}
+	n += uvarintSize(uint64(len(r.Header)))
+	for k, vs := range r.Header {
+		n += stringSize(k) + uvarintSize(uint64(len(vs)))
+		for _, v := range vs {
+			n += stringSize(v)
+		}
+	}
+	n += kvsSize(r.PathValues) + kvsSize(r.Values)
+	n += uvarintSize(uint64(r.BodySize))
+	return n + stringSize(r.Body)
+}
+
+func uvarintSize(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+func stringSize[T string | []byte](s T) int { return uvarintSize(uint64(len(s))) + len(s) }
+
+func kvsSize(kvs []KV) int {
+	n := uvarintSize(uint64(len(kvs)))
+	for _, kv := range kvs {
+		n += stringSize(kv.Key) + stringSize(kv.Value)
+	}
+	return n
 }
 
 func appendString[T string | []byte](dst []byte, s T) []byte {

@@ -1,0 +1,136 @@
+package task
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Progress is what a running task last reported of its progress.
+type Progress struct {
+	Percent   float64   `json:"percent"`
+	Message   string    `json:"message,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// LogRecord is one record that a handler logged through [Logger].
+type LogRecord struct {
+	Time    time.Time `json:"time"`
+	Level   string    `json:"level"`
+	Message string    `json:"message"`
+	Attempt int       `json:"attempt,omitempty"`
+}
+
+// MaxLogMessage bounds a kept log record's message with its attributes.
+const MaxLogMessage = 1024
+
+// Reporter receives a replayed handler's logs and progress. The scheduler
+// puts one in each replay's context; it must be cheap and safe for
+// concurrent use, coalescing writes to the store.
+type Reporter interface {
+	Log(LogRecord)
+	SetProgress(percent float64, message string)
+}
+
+type reporterKey struct{}
+
+// WithReporter returns a copy of ctx whose [Logger] and [SetProgress]
+// report to r, logging also through base.
+func WithReporter(ctx context.Context, r Reporter, base *slog.Logger) context.Context {
+	a, _ := FromContext(ctx)
+	l := slog.New(&reportHandler{next: base.Handler(), r: r, attempt: a.Number}).
+		With("task", a.ID, "target", a.Target, "attempt", a.Number)
+	return context.WithValue(ctx, reporterKey{}, reporting{r: r, logger: l})
+}
+
+type reporting struct {
+	r      Reporter
+	logger *slog.Logger
+}
+
+// Logger returns the logger of the task running in ctx: its records are
+// kept with the task (the latest ones, each truncated to MaxLogMessage),
+// shown by [Query], and passed on to the application's logger. Outside a
+// replay (a sync call) it returns slog.Default().
+func Logger(ctx context.Context) *slog.Logger {
+	if rp, ok := ctx.Value(reporterKey{}).(reporting); ok {
+		return rp.logger
+	}
+	return slog.Default()
+}
+
+// SetProgress records the progress of the task running in ctx (percent
+// from 0 to 100, and a message), which [Query] shows while it runs. It is
+// cheap enough for a hot loop: writes are coalesced. Outside a replay it
+// does nothing.
+func SetProgress(ctx context.Context, percent float64, message string) {
+	if rp, ok := ctx.Value(reporterKey{}).(reporting); ok {
+		rp.r.SetProgress(min(max(percent, 0), 100), message)
+	}
+}
+
+// reportHandler passes records on to the application's handler and keeps
+// a text copy with the task.
+type reportHandler struct {
+	next    slog.Handler
+	r       Reporter
+	attempt int
+	attrs   []slog.Attr // from With, except the task's own identifiers
+	group   string
+}
+
+func (h *reportHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelDebug
+}
+
+func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
+	var b strings.Builder
+	b.WriteString(rec.Message)
+	write := func(a slog.Attr) bool {
+		if b.Len() < MaxLogMessage {
+			b.WriteByte(' ')
+			if h.group != "" {
+				b.WriteString(h.group + ".")
+			}
+			b.WriteString(a.String())
+		}
+		return true
+	}
+	for _, a := range h.attrs {
+		write(a)
+	}
+	rec.Attrs(write)
+	msg := b.String()
+	if len(msg) > MaxLogMessage {
+		msg = msg[:MaxLogMessage]
+	}
+	h.r.Log(LogRecord{Time: rec.Time, Level: rec.Level.String(), Message: msg, Attempt: h.attempt})
+	if h.next.Enabled(ctx, rec.Level) {
+		return h.next.Handle(ctx, rec)
+	}
+	return nil
+}
+
+func (h *reportHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	c := *h
+	c.next = h.next.WithAttrs(attrs)
+	for _, a := range attrs {
+		switch a.Key {
+		case "task", "target", "attempt":
+			continue // shown on the task already
+		}
+		c.attrs = append(c.attrs[:len(c.attrs):len(c.attrs)], a)
+	}
+	return &c
+}
+
+func (h *reportHandler) WithGroup(name string) slog.Handler {
+	c := *h
+	c.next = h.next.WithGroup(name)
+	if c.group != "" {
+		name = c.group + "." + name
+	}
+	c.group = name
+	return &c
+}
