@@ -145,4 +145,3 @@ Try:
 Press Ctrl-C to stop.
 `, base, base)
 }
-
