@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"golang.org/x/time/rate"
 
 	"github.com/offload-go/offload/destination"
 )
@@ -51,6 +52,13 @@ type Policy struct {
 	// Classify decides what an attempt's status code means. If nil,
 	// DefaultClassify.
 	Classify func(statusCode int) Verdict
+	// RateLimit bounds how many attempts start per second, beside
+	// Concurrency, to spread a burst out (golang.org/x/time/rate). Zero
+	// means no limit.
+	RateLimit rate.Limit
+	// RateBurst is how many attempts may start at once within RateLimit.
+	// Defaults to 1.
+	RateBurst int
 	// MaxQueued bounds the target's unfinished tasks; past it the trigger
 	// answers 503 with Retry-After. Zero means no bound.
 	MaxQueued int
@@ -98,13 +106,18 @@ func (p *Policy) withDefaults() (Policy, error) {
 	bad := func(format string, args ...any) (Policy, error) {
 		return c, fmt.Errorf("%w: "+format, append([]any{errPolicy}, args...)...)
 	}
-	if c.Concurrency < 0 || c.Timeout < 0 || c.MaxAge < 0 || c.BackoffInitial < 0 || c.BackoffMax < 0 || c.MaxQueued < 0 {
+	if c.Concurrency < 0 || c.Timeout < 0 || c.MaxAge < 0 || c.BackoffInitial < 0 || c.BackoffMax < 0 || c.MaxQueued < 0 ||
+		c.RateLimit < 0 || c.RateBurst < 0 {
 		return bad("negative value")
 	}
 	if c.MaxRetries < NoRetries {
 		return bad("MaxRetries must be >= 0, or NoRetries")
 	}
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.RateBurst = cmp.Or(c.RateBurst, 1)
+	if c.RateLimit == rate.Inf {
+		c.RateLimit = 0 // no limit
+	}
 	c.MaxRetries = cmp.Or(c.MaxRetries, DefaultMaxRetries)
 	if c.MaxRetries == NoRetries {
 		c.MaxRetries = 0

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -96,6 +98,7 @@ type target struct {
 	name     string
 	handler  http.Handler
 	policy   Policy
+	limiter  *rate.Limiter // nil without Policy.RateLimit
 	inflight int
 }
 
@@ -176,7 +179,11 @@ func (s *Scheduler) Register(name string, h http.Handler, p *Policy) error {
 	if _, ok := s.targets[name]; ok {
 		return fmt.Errorf("invoke: register %s: target already registered", name)
 	}
-	s.targets[name] = &target{name: name, handler: h, policy: pol}
+	t := &target{name: name, handler: h, policy: pol}
+	if pol.RateLimit > 0 {
+		t.limiter = rate.NewLimiter(pol.RateLimit, pol.RateBurst)
+	}
+	s.targets[name] = t
 	s.q.SetDestinations(name, pol.OnSuccess != nil, pol.OnFailure != nil)
 	return nil
 }
@@ -355,24 +362,38 @@ func (s *Scheduler) dispatch(ctx context.Context) {
 	}
 }
 
-// claim leases what the free slots allow and starts the attempts. It
-// returns the earliest future ready time among targets with free slots.
+// claim leases what the free slots and rate limits allow and starts the
+// attempts. It returns when to look again: the earliest future ready time
+// among targets with free slots, or the next token of a rate-limited one.
 func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
+	now := time.Now()
+	var tokenAt time.Time
 	s.mu.Lock()
 	var reqs []queue.LeaseRequest
 	for _, t := range s.targets {
-		if free := t.policy.Concurrency - t.inflight; free > 0 {
-			reqs = append(reqs, queue.LeaseRequest{Target: t.name, Max: free, MaxAge: t.policy.MaxAge})
+		free := t.policy.Concurrency - t.inflight
+		if free <= 0 {
+			continue
 		}
+		if t.limiter != nil {
+			tokens := t.limiter.TokensAt(now)
+			if tokens < 1 {
+				at := now.Add(time.Duration((1 - tokens) / float64(t.limiter.Limit()) * float64(time.Second)))
+				tokenAt = earliest(tokenAt, at)
+				continue
+			}
+			free = min(free, int(tokens))
+		}
+		reqs = append(reqs, queue.LeaseRequest{Target: t.name, Max: free, MaxAge: t.policy.MaxAge})
 	}
 	if len(reqs) == 0 {
 		s.mu.Unlock()
-		return time.Time{}, nil
+		return tokenAt, nil
 	}
 	s.leasing = true
 	s.mu.Unlock()
 
-	res, err := s.q.Lease(context.WithoutCancel(ctx), time.Now(), reqs)
+	res, err := s.q.Lease(context.WithoutCancel(ctx), now, reqs)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -384,6 +405,9 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	}
 	for _, l := range res.Leases {
 		t := s.targets[l.Target]
+		if t.limiter != nil {
+			t.limiter.AllowN(now, 1) // take the token counted above
+		}
 		t.inflight++
 		a := s.start(t, l)
 		if slices.Contains(stash, l.ID) {
@@ -394,7 +418,15 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 		s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
 		s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
 	}
-	return res.Next, nil
+	return earliest(res.Next, tokenAt), nil
+}
+
+// earliest returns the earlier of two times, a zero time meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // start begins one attempt; s.mu is held.

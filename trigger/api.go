@@ -21,6 +21,12 @@ type APIOptions struct {
 	// top of Authorization, Cookie and Proxy-Authorization, which are
 	// always hidden.
 	RedactHeaders []string
+	// Authorize, if not nil, runs before every API call with the action
+	// ("get", "list", "counts", "stop" or "retry") and the task ID (empty
+	// for list and counts); an error answers 403 Forbidden with the
+	// error's text. It does not replace the application's authentication,
+	// which must sit in front of the API: it adds per-action rules.
+	Authorize func(r *http.Request, action, id string) error
 }
 
 // TaskAPI returns the task HTTP API over s, to be mounted by the
@@ -48,12 +54,27 @@ func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
 			a.redact[http.CanonicalHeaderKey(h)] = true
 		}
 	}
+	var authorize func(*http.Request, string, string) error
+	if opts != nil {
+		authorize = opts.Authorize
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", a.list)
-	mux.HandleFunc("GET /-/counts", a.counts)
-	mux.HandleFunc("GET /{id}", a.get)
-	mux.HandleFunc("POST /{id}/stop", a.stop)
-	mux.HandleFunc("POST /{id}/retry", a.retry)
+	handle := func(pattern, action string, h http.HandlerFunc) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if authorize != nil {
+				if err := authorize(r, action, r.PathValue("id")); err != nil {
+					writeError(w, http.StatusForbidden, CodeForbidden, err.Error())
+					return
+				}
+			}
+			h(w, r)
+		})
+	}
+	handle("GET /{$}", "list", a.list)
+	handle("GET /-/counts", "counts", a.counts)
+	handle("GET /{id}", "get", a.get)
+	handle("POST /{id}/stop", "stop", a.stop)
+	handle("POST /{id}/retry", "retry", a.retry)
 	return mux
 }
 

@@ -14,6 +14,7 @@ const (
 	CodeInvalidTaskID          = "InvalidTaskId"          // 400
 	CodeInvalidIdempotencyKey  = "InvalidIdempotencyKey"  // 400
 	CodeInvalidArgument        = "InvalidArgument"        // 400: a task API parameter
+	CodeForbidden              = "Forbidden"              // 403: the task API's Authorize hook said no
 	CodeTaskNotFound           = "TaskNotFound"           // 404
 	CodeTaskAlreadyExists      = "TaskAlreadyExists"      // 409
 	CodeTaskFinished           = "TaskFinished"           // 409: stop of a finished task
