@@ -102,7 +102,9 @@ type LeaseResult struct {
 	// Expired lists tasks that Lease found past their MaxAge.
 	Expired []*task.Task
 	// Next is the earliest future ready time among the requested targets,
-	// zero if none is waiting.
+	// zero if none is waiting. It is a time not after now when a ready
+	// task was left although a request had room (tasks found past MaxAge
+	// took the places): lease again at once.
 	Next time.Time
 }
 

@@ -57,10 +57,8 @@ type enqueueOp struct {
 
 func (o *enqueueOp) apply(w *writer) error {
 	m, job := o.meta, o.job
-	if m.callerID != "" && w.ids.Get([]byte(m.callerID)) != nil {
-		o.err = fmt.Errorf("%w: %s", task.ErrConflict, m.callerID)
-		return nil
-	}
+	// The idempotency key first: a retried request that also names its
+	// task is answered with the first acceptance, not a conflict.
 	if m.idemKey != "" {
 		if v := w.idem.Get(idemKey(m.target, m.idemKey)); len(v) == 48 {
 			if !bytes.Equal(v[:32], job.Fingerprint[:]) {
@@ -74,6 +72,10 @@ func (o *enqueueOp) apply(w *writer) error {
 			o.receipt = Receipt{ID: taskID(v[32:], em), Replayed: true}
 			return nil
 		}
+	}
+	if m.callerID != "" && w.ids.Get([]byte(m.callerID)) != nil {
+		o.err = fmt.Errorf("%w: %s", task.ErrConflict, m.callerID)
+		return nil
 	}
 	if job.MaxQueued > 0 && w.liveCount(m.target) >= int64(job.MaxQueued) {
 		o.err = fmt.Errorf("%w: target %s has %d unfinished tasks", task.ErrQueueFull, m.target, job.MaxQueued)
@@ -155,13 +157,17 @@ func (o *leaseOp) apply(w *writer) error {
 			}
 			keys = append(keys, append([]byte(nil), k[8:]...))
 		}
+		leased := len(o.claimed)
 		for _, key := range keys {
 			if err := o.claim(w, key, r); err != nil {
 				return err
 			}
 		}
 		if k, _ := rb.Cursor().First(); k != nil {
-			if t := binary.BigEndian.Uint64(k); t > nowNs {
+			// A ready task is left while the request has room (expired
+			// tasks took the places): its time, not after now, says
+			// lease again at once.
+			if t := binary.BigEndian.Uint64(k); t > nowNs || len(o.claimed)-leased < r.Max {
 				if next := time.Unix(0, int64(t)).UTC(); o.next.IsZero() || next.Before(o.next) {
 					o.next = next
 				}
@@ -394,6 +400,9 @@ func (o *invalidateOp) apply(w *writer) error {
 			if err != nil {
 				return err
 			}
+			if m == nil {
+				continue // an index entry without a record; Check reports it
+			}
 			s.LastError = fmt.Sprintf("target %q is not registered", target)
 			if err := w.move(key, m, s, task.Invalid, time.Time{}, s.LastError); err != nil {
 				return err
@@ -431,6 +440,9 @@ func (o *recoverOp) apply(w *writer) error {
 		m, s, err := w.load(f.key)
 		if err != nil {
 			return err
+		}
+		if m == nil {
+			continue // an index entry without a record; Check reports it
 		}
 		detail := fmt.Sprintf("process lost during attempt %d", s.Attempts)
 		to := task.Retrying

@@ -99,6 +99,9 @@ func Open(path string, opts *Options) (*Queue, error) {
 		return nil, fmt.Errorf("queue: open %s: negative option", path)
 	}
 
+	if err := checkFile(path); err != nil {
+		return nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         o.LockTimeout,
 		NoFreelistSync:  true,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 	bolt "go.etcd.io/bbolt"
@@ -149,7 +150,13 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 		r.lo = msKey(uint64(f.Since.UnixMilli()))
 	}
 	if !f.Until.IsZero() {
-		r.hi = msKey(uint64(max(f.Until.UnixMilli(), 0)))
+		// Keys hold milliseconds: the range takes in all of Until's, and
+		// createdIn applies both bounds exactly.
+		ms := f.Until.UnixMilli()
+		if time.UnixMilli(ms).Before(f.Until) {
+			ms++
+		}
+		r.hi = msKey(uint64(max(ms, 0)))
 	}
 	callerWalk := f.IDPrefix != "" && !(f.IDPrefix[0] >= '0' && f.IDPrefix[0] <= '9')
 	if f.IDPrefix != "" && !callerWalk {
@@ -262,6 +269,9 @@ func listKeys(ctx context.Context, tx *bolt.Tx, f task.Filter, srcs []*source, d
 		if f.IDPrefix != "" && !strings.HasPrefix(t.ID, f.IDPrefix) {
 			continue // a caller-chosen ID whose key falls in the prefix's range
 		}
+		if !createdIn(f, t) {
+			continue // in Since's or Until's millisecond, outside the bound
+		}
 		page.Tasks = append(page.Tasks, t)
 		lastKey = key
 	}
@@ -309,7 +319,7 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, f task.Filter, r keyRange, 
 		if err != nil {
 			return err
 		}
-		if (f.Target != "" && t.Target != f.Target) || !statusOK(t.Status) {
+		if (f.Target != "" && t.Target != f.Target) || !statusOK(t.Status) || !createdIn(f, t) {
 			continue
 		}
 		if len(page.Tasks) == f.Limit {
@@ -320,6 +330,12 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, f task.Filter, r keyRange, 
 		lastID = bytes.Clone(k)
 	}
 	return nil
+}
+
+// createdIn applies Since and Until to the creation time itself; key
+// ranges apply them only to the millisecond.
+func createdIn(f task.Filter, t *task.Task) bool {
+	return (f.Since.IsZero() || !t.CreatedAt.Before(f.Since)) && (f.Until.IsZero() || t.CreatedAt.Before(f.Until))
 }
 
 func step(c *bolt.Cursor, desc bool) ([]byte, []byte) {
