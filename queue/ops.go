@@ -317,6 +317,7 @@ func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, e
 		},
 		do: func(w *writer, key []byte, m *jobMeta, s *state) error {
 			s.RetryBase = s.Attempts
+			s.Throttled = 0 // counted since RetryBase
 			s.EnqueuedAt = w.now
 			s.LastError = ""
 			return w.move(key, m, s, task.Enqueued, w.now, reason)

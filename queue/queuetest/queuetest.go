@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Backend) {
 		{"FinishOutcomes", testFinishOutcomes},
 		{"FinishRejectsOtherStatuses", testFinishRejectsOtherStatuses},
 		{"Fencing", testFencing},
+		{"Throttled", testThrottled},
 		{"MaxAge", testMaxAge},
 		{"Stop", testStop},
 		{"StopRunning", testStopRunning},
@@ -755,6 +756,33 @@ func testFencing(t *testing.T, b queue.Backend) {
 		t.Errorf("finish with a wrong attempt: err = %v, want ErrLeaseLost", err)
 	}
 	finish(t, b, lo, queue.Outcome{Status: task.Succeeded})
+}
+
+// testThrottled: throttled attempts are counted on the lease since the
+// last explicit retry, which starts a fresh budget.
+func testThrottled(t *testing.T, b queue.Backend) {
+	id := enqueue(t, b, &queue.Job{Target: "throttle"})
+	l := leaseOne(t, b, "throttle", id)
+	if l.Throttled != 0 {
+		t.Errorf("first lease: Throttled = %d", l.Throttled)
+	}
+	finish(t, b, l, queue.Outcome{Status: task.Retrying, Throttled: true})
+	l = leaseOne(t, b, "throttle", id)
+	finish(t, b, l, queue.Outcome{Status: task.Retrying})
+	l = leaseOne(t, b, "throttle", id)
+	finish(t, b, l, queue.Outcome{Status: task.Retrying, Throttled: true})
+	l = leaseOne(t, b, "throttle", id)
+	if l.Attempt != 4 || l.Throttled != 2 {
+		t.Errorf("attempt %d throttled %d, want 4 and 2", l.Attempt, l.Throttled)
+	}
+	finish(t, b, l, queue.Outcome{Status: task.Failed, Throttled: true})
+	if _, err := task.Retry(ctx, b, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	l = leaseOne(t, b, "throttle", id)
+	if l.Attempt != 5 || l.RetryBase != 4 || l.Throttled != 0 {
+		t.Errorf("after retry: attempt %d retryBase %d throttled %d, want 5, 4 and 0", l.Attempt, l.RetryBase, l.Throttled)
+	}
 }
 
 func testMaxAge(t *testing.T, b queue.Backend) {
