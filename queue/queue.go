@@ -223,8 +223,13 @@ func (q *Queue) commitLoop() {
 	}
 }
 
-// maxGatherYields bounds how often gather yields before a commit.
-const maxGatherYields = 8
+// gather yields at most maxGatherYields times, and stops yielding once
+// maxGather has passed, so that goroutines busy with other work never hold
+// a commit back for long.
+const (
+	maxGatherYields = 8
+	maxGather       = 250 * time.Microsecond
+)
 
 // gather lets the writers that the previous commit released (and any other
 // runnable goroutine) queue their next ops before the batch is cut, so that
@@ -234,11 +239,12 @@ const maxGatherYields = 8
 // timer, and stops as soon as a yield adds nothing, so a lone writer is not
 // delayed.
 func (q *Queue) gather() {
+	start := time.Now()
 	n := q.pendingLen()
 	for range maxGatherYields {
 		runtime.Gosched()
 		m := q.pendingLen()
-		if m == n {
+		if m == n || time.Since(start) > maxGather {
 			return
 		}
 		n = m

@@ -40,12 +40,19 @@ func (w *writer) cacheBuckets() {
 	w.done.FillPercent = 1.0
 }
 
+// sub returns target's bucket of a per-target index (ready or status),
+// creating it if needed. Both grow at the end of each range (ready times,
+// and ULIDs within a status), so their pages are packed full too.
 func (w *writer) sub(parent *bolt.Bucket, target string) (*bolt.Bucket, error) {
 	b := parent.Bucket([]byte(target))
-	if b != nil {
-		return b, nil
+	if b == nil {
+		var err error
+		if b, err = parent.CreateBucket([]byte(target)); err != nil {
+			return nil, err
+		}
 	}
-	return parent.CreateBucket([]byte(target))
+	b.FillPercent = 1.0
+	return b, nil
 }
 
 // timeKey is timeKey(t, key) built in w's key buffer, and statusKey is
@@ -122,7 +129,6 @@ func (w *writer) insert(key []byte, target string, readyAt time.Time) error {
 	if err != nil {
 		return err
 	}
-	rb.FillPercent = 1.0
 	if err := rb.Put(w.timeKey(readyAt, key), nil); err != nil {
 		return err
 	}
