@@ -421,6 +421,33 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	return earliest(res.Next, tokenAt), nil
 }
 
+// finish records an attempt's outcome. A store that fails (a full disk,
+// say) is retried with backoff, the attempt keeping its slot, until the
+// write goes through or the scheduler is cancelled; the task is then still
+// Running in the store, and the next Open makes it ready again.
+func (s *Scheduler) finish(l *queue.Lease, out queue.Outcome) (task.Status, error) {
+	for try := 1; ; try++ {
+		final, err := s.q.Finish(context.Background(), l, out)
+		if err == nil || errors.Is(err, task.ErrLeaseLost) || errors.Is(err, task.ErrClosed) {
+			return final, err
+		}
+		s.log.Warn("offload: recording an attempt failed; trying again", "id", l.ID, "try", try, "err", err)
+		wait := time.NewTimer(backoffDelay(finishRetryInitial, finishRetryMax, try))
+		select {
+		case <-wait.C:
+		case <-s.hardStop:
+			wait.Stop()
+			return final, err
+		}
+	}
+}
+
+// Bounds of the backoff between tries of a failing Finish.
+const (
+	finishRetryInitial = 100 * time.Millisecond
+	finishRetryMax     = 5 * time.Second
+)
+
 // earliest returns the earlier of two times, a zero time meaning none.
 func earliest(a, b time.Time) time.Time {
 	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
@@ -443,10 +470,10 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 		started := time.Now()
 		out := s.run(ctx, t, l)
 		// Record the outcome even while shutting down: it is what happened.
-		final, err := s.q.Finish(context.Background(), l, out)
+		final, err := s.finish(l, out)
 		switch {
 		case err != nil:
-			s.log.Error("offload: finish failed; the attempt will be run again", "id", l.ID, "target", t.name, "err", err)
+			s.log.Error("offload: finish failed; the task runs again after a restart", "id", l.ID, "target", t.name, "err", err)
 		case final == task.Retrying || final == task.Failed || final == task.Expired:
 			s.log.Warn("offload: attempt failed", "id", l.ID, "target", t.name, "attempt", l.Attempt, "status", final, "err", out.Error)
 		}
