@@ -1,0 +1,188 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// StopTask implements task.Store. A task waiting to run is Stopped at
+// once; a running one becomes Stopping, and the replica that runs it,
+// whichever it is, hears of it through LISTEN/NOTIFY (and, should that
+// notice be lost, from its next heartbeat) and cancels the attempt.
+func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
+	err := q.control(ctx, id, func(t *txn, r *row) error {
+		switch {
+		case r.status.Terminal():
+			return fmt.Errorf("postgres: stop %s: %w (%s)", id, task.ErrFinished, r.status)
+		case r.status == task.Stopping:
+		case r.status == task.Running:
+			t.stopRequested(r.id())
+			t.move(r, task.Stopping, time.Time{}, "stop requested")
+		default:
+			t.move(r, task.Stopped, time.Time{}, "stopped on request")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return q.GetTask(ctx, id)
+}
+
+// RetryTask implements task.Store.
+func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, error) {
+	err := q.control(ctx, id, func(t *txn, r *row) error {
+		if !r.status.Retryable() {
+			return fmt.Errorf("postgres: retry %s: %w (%s)", id, task.ErrNotRetryable, r.status)
+		}
+		r.retryBase = r.attempts
+		r.throttled = 0 // counted since RetryBase
+		r.enqueuedAt = t.now
+		r.lastError = ""
+		t.move(r, task.Enqueued, t.now, reason)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return q.GetTask(ctx, id)
+}
+
+// control changes the one task named id in its own transaction: do
+// decides, before anything is written, and changes the row.
+func (q *Queue) control(ctx context.Context, id string, do func(t *txn, r *row) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if q.isClosed() {
+		return task.ErrClosed
+	}
+	ctx, cancel := q.bind(ctx)
+	defer cancel()
+	sql, arg, ok := q.lookup(id, q.sql.lockByKey, q.sql.lockByID)
+	if !ok {
+		return fmt.Errorf("postgres: %s: %w", id, task.ErrNotFound)
+	}
+	t := q.newTxn()
+	s, err := q.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	var r *row
+	b := &pgx.Batch{}
+	b.Queue(sql, arg).Query(func(rows pgx.Rows) error {
+		return collectRows(rows, nil, func(x *row) { r = x })
+	})
+	if err := s.send(b); err != nil {
+		return err
+	}
+	if r == nil {
+		return fmt.Errorf("postgres: %s: %w", id, task.ErrNotFound)
+	}
+	t.rows[r.key] = r
+	if err := do(t, r); err != nil {
+		return err
+	}
+	b = &pgx.Batch{}
+	if err := t.write(b); err != nil {
+		return err
+	}
+	if err := s.commit(b); err != nil {
+		return err
+	}
+	q.deliver(t.finalNotices())
+	return nil
+}
+
+// lookup returns the statement and argument that find the task named id:
+// by key for an ID of the generated form, by caller ID otherwise.
+func (q *Queue) lookup(id, byKey, byID string) (string, any, bool) {
+	if task.IsGenerated(id) {
+		u, err := ulid.ParseStrict(id)
+		if err != nil {
+			return "", nil, false
+		}
+		return byKey, [16]byte(u), true
+	}
+	if task.CheckCallerID(id) != nil {
+		return "", nil, false
+	}
+	return byID, id, true
+}
+
+// invalidateBatch bounds the tasks one Invalidate transaction changes.
+const invalidateBatch = 1000
+
+// Invalidate implements queue.Backend. The targets with waiting tasks are
+// read from the counters, so only the unknown targets' tasks are visited.
+//
+// With several replicas, every replica must register every target: a
+// replica that does not know a target marks its waiting tasks Invalid.
+func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
+	if q.isClosed() {
+		return 0, task.ErrClosed
+	}
+	ctx, cancel := q.bind(ctx)
+	defer cancel()
+	rows, err := q.pool.Query(ctx, q.sql.waitingTargets)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: invalidate: %w", err)
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("postgres: invalidate: %w", err)
+	}
+	unknown := slices.DeleteFunc(all, func(t string) bool { return slices.Contains(known, t) })
+	if len(unknown) == 0 {
+		return 0, nil
+	}
+	total := 0
+	for {
+		n, notices, err := q.invalidateSome(ctx, unknown)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("postgres: invalidate: %w", err)
+		}
+		q.deliver(notices)
+		if n == 0 {
+			return total, nil
+		}
+	}
+}
+
+func (q *Queue) invalidateSome(ctx context.Context, targets []string) (int, []queue.Notice, error) {
+	t := q.newTxn()
+	s, err := q.begin(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer s.close()
+	b := &pgx.Batch{}
+	b.Queue(q.sql.invalidate, targets, invalidateBatch).Query(func(rows pgx.Rows) error {
+		return collectRows(rows, nil, func(r *row) { t.rows[r.key] = r })
+	})
+	if err := s.send(b); err != nil {
+		return 0, nil, err
+	}
+	for _, r := range t.rows {
+		r.lastError = fmt.Sprintf("target %q is not registered", r.target)
+		t.move(r, task.Invalid, time.Time{}, r.lastError)
+	}
+	b = &pgx.Batch{}
+	if err := t.write(b); err != nil {
+		return 0, nil, err
+	}
+	if err := s.commit(b); err != nil {
+		return 0, nil, err
+	}
+	return len(t.rows), t.finalNotices(), nil
+}

@@ -1,0 +1,446 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// Defaults for Options.
+const (
+	DefaultSchema        = "offload"
+	DefaultLeaseTimeout  = 10 * time.Second
+	DefaultRetention     = 7 * 24 * time.Hour
+	DefaultPurgeInterval = time.Minute
+	DefaultBlobChunkSize = 1 << 20
+	// DefaultBlobGrace is how long a blob that no task names is kept after
+	// its last write before it is removed as an abandoned upload.
+	DefaultBlobGrace = time.Hour
+	purgeBatch       = 500
+	reapBatch        = 100
+	maxBatchTries    = 4
+)
+
+// Options configures Open. A nil *Options means all defaults.
+type Options struct {
+	// Schema is the PostgreSQL schema that holds the queue's tables; it is
+	// created if missing (which needs the CREATE privilege on the
+	// database). Replicas that share a queue name the same schema.
+	// Defaults to DefaultSchema.
+	Schema string
+	// LeaseTimeout is how long a running attempt's lease lasts without a
+	// heartbeat. A replica extends the leases of its running attempts every
+	// HeartbeatInterval; when a replica dies its leases expire and its
+	// attempts are made ready again, within about LeaseTimeout. Defaults
+	// to DefaultLeaseTimeout.
+	LeaseTimeout time.Duration
+	// HeartbeatInterval is how often leases are extended. It must be less
+	// than half of LeaseTimeout. Defaults to LeaseTimeout/4.
+	HeartbeatInterval time.Duration
+	// Retention is how long finished tasks are kept before they are
+	// purged. Defaults to DefaultRetention (7 days, as in FC).
+	Retention time.Duration
+	// PurgeInterval is how often retention runs. Defaults to
+	// DefaultPurgeInterval.
+	PurgeInterval time.Duration
+	// BlobChunkSize is the size of the bytea chunks that a large body is
+	// stored in, and so the memory one upload or one replay holds.
+	// Defaults to DefaultBlobChunkSize (1 MiB).
+	BlobChunkSize int
+	// BlobGrace is how long an abandoned upload's chunks are kept.
+	// Defaults to DefaultBlobGrace.
+	BlobGrace time.Duration
+	// Logger receives the queue's own events. If nil, slog.Default().
+	Logger *slog.Logger
+	// Now is the clock of task times. If nil, time.Now. Lease expiry uses
+	// the database's clock, so that replicas agree on it.
+	Now func() time.Time
+}
+
+func (o *Options) validate() error {
+	if o.Schema == "" || len(o.Schema) > 48 {
+		return fmt.Errorf("schema name must be 1..48 bytes")
+	}
+	if o.LeaseTimeout < 0 || o.HeartbeatInterval < 0 || o.Retention < 0 || o.PurgeInterval < 0 || o.BlobChunkSize < 0 || o.BlobGrace < 0 {
+		return fmt.Errorf("negative option")
+	}
+	if o.LeaseTimeout < 100*time.Millisecond {
+		return fmt.Errorf("LeaseTimeout %s is shorter than 100ms", o.LeaseTimeout)
+	}
+	if o.HeartbeatInterval*2 >= o.LeaseTimeout {
+		return fmt.Errorf("HeartbeatInterval %s must be less than half of LeaseTimeout %s", o.HeartbeatInterval, o.LeaseTimeout)
+	}
+	return nil
+}
+
+// Queue is the PostgreSQL backend. It implements queue.Backend and
+// task.Store; any number of replicas may open the same schema.
+type Queue struct {
+	pool    *pgxpool.Pool
+	connCfg *pgx.ConnConfig // for the listener
+	opts    Options
+	log     *slog.Logger
+	sql     statements
+	schema  string
+	channel string
+
+	owner    [16]byte // this replica's lease owner ID, new at each Open
+	ownerHex string
+	shard    int16
+
+	// life ends when the queue is closed (or crashes, in tests): every
+	// statement runs under it.
+	life     context.Context
+	kill     context.CancelFunc
+	kick     chan struct{}
+	stop     chan struct{} // closed by Close: background loops end
+	reapNow  chan struct{}
+	wg       sync.WaitGroup
+	commitWG sync.WaitGroup
+	closeMu  sync.Once
+	closeErr error
+
+	mu           sync.Mutex // guards everything below
+	pending      *batch
+	closed       bool
+	subscriber   func(queue.Notice)
+	destinations map[string]uint8
+	// held are the leases of attempts this replica runs: key -> what the
+	// heartbeat needs. Lease adds; Finish removes.
+	held map[[16]byte]heldLease
+}
+
+type heldLease struct {
+	id      string
+	attempt int
+}
+
+var _ queue.Backend = (*Queue)(nil)
+
+// Open connects to the database at connString (a URL or a DSN, as pgx
+// takes it, with pool settings such as pool_max_conns), creates or
+// migrates the schema, and starts the queue: its committer, its listener
+// for other replicas' notices, its lease heartbeat, the reaper of expired
+// leases and retention.
+func Open(ctx context.Context, connString string, opts *Options) (*Queue, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.Schema = cmp.Or(o.Schema, DefaultSchema)
+	o.LeaseTimeout = cmp.Or(o.LeaseTimeout, DefaultLeaseTimeout)
+	o.HeartbeatInterval = cmp.Or(o.HeartbeatInterval, o.LeaseTimeout/4)
+	o.Retention = cmp.Or(o.Retention, DefaultRetention)
+	o.PurgeInterval = cmp.Or(o.PurgeInterval, DefaultPurgeInterval)
+	o.BlobChunkSize = cmp.Or(o.BlobChunkSize, DefaultBlobChunkSize)
+	o.BlobGrace = cmp.Or(o.BlobGrace, DefaultBlobGrace)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	params := cfg.ConnConfig.RuntimeParams
+	params["timezone"] = "UTC"
+	if params["application_name"] == "" {
+		params["application_name"] = "offload"
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	q := &Queue{
+		pool:     pool,
+		connCfg:  cfg.ConnConfig.Copy(),
+		opts:     o,
+		log:      o.Logger,
+		schema:   o.Schema,
+		channel:  "offload." + o.Schema,
+		sql:      newStatements(pgx.Identifier{o.Schema}.Sanitize()),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		reapNow:  make(chan struct{}, 1),
+		pending:  newBatch(),
+		held:     make(map[[16]byte]heldLease),
+		ownerHex: "",
+	}
+	_, _ = rand.Read(q.owner[:])
+	q.ownerHex = hex.EncodeToString(q.owner[:])
+	q.shard = int16(binary.BigEndian.Uint16(q.owner[:2]) % 64)
+	q.life, q.kill = context.WithCancel(context.Background())
+
+	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error { return migrate(ctx, c.Conn(), o.Schema) })
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: open: migrate schema %s: %w", o.Schema, err)
+	}
+	ln, err := q.listen(ctx)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: open: listen: %w", err)
+	}
+	q.wg.Add(4)
+	go q.listenLoop(ln)
+	go q.heartbeatLoop()
+	go q.reapLoop()
+	go q.purgeLoop()
+	q.commitWG.Add(1)
+	go q.commitLoop()
+	return q, nil
+}
+
+// Close commits what is pending, stops the queue's goroutines, hands back
+// the leases of attempts still running here (they become ready again at
+// once, their attempt counted, as after a crash), and closes the
+// connections. It is safe to call more than once.
+func (q *Queue) Close() error {
+	q.closeMu.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		close(q.stop)
+		q.commitWG.Wait()
+		q.wg.Wait()
+		ctx, cancel := context.WithTimeout(q.life, 10*time.Second)
+		if n, err := q.abandon(ctx); err != nil {
+			q.closeErr = fmt.Errorf("postgres: close: hand back leases: %w", err)
+		} else if n > 0 {
+			q.log.Warn("offload postgres: attempts still running at Close were handed back", "tasks", n)
+		}
+		if _, err := q.pool.Exec(ctx, q.sql.releaseClaims, q.owner); err != nil && q.closeErr == nil {
+			q.closeErr = fmt.Errorf("postgres: close: release delivery claims: %w", err)
+		}
+		cancel()
+		q.kill()
+		q.pool.Close()
+	})
+	return q.closeErr
+}
+
+// crash stops the queue as a killed process would: no pending write is
+// committed, no lease is handed back, the connections just close. Tests
+// use it through export_test.go.
+func (q *Queue) crash() {
+	q.closeMu.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		q.kill()
+		close(q.stop)
+		q.commitWG.Wait()
+		q.wg.Wait()
+		q.pool.Close()
+		q.closeErr = errors.New("postgres: crashed")
+	})
+}
+
+// bind returns ctx cut short when the queue's life ends.
+func (q *Queue) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(q.life, func() { cancel(task.ErrClosed) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+// schemaName is the quoted schema name.
+func (q *Queue) schemaName() string { return pgx.Identifier{q.schema}.Sanitize() }
+
+func (q *Queue) now() time.Time { return q.opts.Now().UTC().Truncate(time.Microsecond) }
+
+// Subscribe implements queue.Backend. One subscriber at a time is kept:
+// the scheduler. It hears of this replica's commits at once and of other
+// replicas' through LISTEN/NOTIFY.
+func (q *Queue) Subscribe(fn func(queue.Notice)) func() {
+	q.mu.Lock()
+	q.subscriber = fn
+	q.mu.Unlock()
+	return func() {
+		q.mu.Lock()
+		q.subscriber = nil
+		q.mu.Unlock()
+	}
+}
+
+func (q *Queue) deliver(notices []queue.Notice) {
+	if len(notices) == 0 {
+		return
+	}
+	q.mu.Lock()
+	fn := q.subscriber
+	q.mu.Unlock()
+	if fn == nil {
+		return
+	}
+	for _, n := range notices {
+		fn(n)
+	}
+}
+
+// SetDestinations implements queue.Backend: from now on, target's
+// finishes on this replica write a delivery for onSuccess (a Succeeded
+// task) and onFailure (any other terminal status) when set.
+func (q *Queue) SetDestinations(target string, onSuccess, onFailure bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rules := maps.Clone(q.destinations)
+	if rules == nil {
+		rules = map[string]uint8{}
+	}
+	var r uint8
+	if onSuccess {
+		r |= 1
+	}
+	if onFailure {
+		r |= 2
+	}
+	rules[target] = r
+	q.destinations = rules
+}
+
+func (q *Queue) rules() map[string]uint8 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.destinations
+}
+
+// op is one write that goes through the committer.
+type op interface {
+	// reset clears the outcome, before a first or a repeated try.
+	reset()
+	// fail records err as the op's outcome when the batch failed.
+	fail(err error)
+}
+
+type batch struct {
+	ops  []op
+	done chan struct{}
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+// submit queues o for the next commit and waits until it is durable (or
+// failed). A cancelled ctx is honoured only before o is queued.
+func (q *Queue) submit(ctx context.Context, o op) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return task.ErrClosed
+	}
+	b := q.pending
+	b.ops = append(b.ops, o)
+	q.mu.Unlock()
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+	<-b.done
+	return nil
+}
+
+// commitLoop is the single committer: it writes everything queued since
+// its last commit in one transaction, so that concurrent writers share
+// round trips and WAL flushes.
+func (q *Queue) commitLoop() {
+	defer q.commitWG.Done()
+	for {
+		select {
+		case <-q.kick:
+		case <-q.stop:
+			// Close refuses new ops before closing stop; commit the rest
+			// (after a crash, the commit fails at once).
+			q.commitPending()
+			return
+		}
+		q.gather()
+		q.commitPending()
+	}
+}
+
+// gather yields the processor a few times so that writers just released
+// by the previous commit queue their next ops into this one; see the bbolt
+// queue's committer.
+func (q *Queue) gather() {
+	n := q.pendingLen()
+	for range 8 {
+		runtime.Gosched()
+		m := q.pendingLen()
+		if m == n {
+			return
+		}
+		n = m
+	}
+}
+
+func (q *Queue) pendingLen() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending.ops)
+}
+
+func (q *Queue) commitPending() {
+	q.mu.Lock()
+	b := q.pending
+	q.pending = newBatch()
+	q.mu.Unlock()
+	if len(b.ops) == 0 {
+		return
+	}
+	var notices []queue.Notice
+	var err error
+	for try := 1; ; try++ {
+		for _, o := range b.ops {
+			o.reset()
+		}
+		notices, err = q.commitBatch(q.life, b.ops)
+		if err == nil || !retryable(err) || try == maxBatchTries {
+			break
+		}
+		q.log.Debug("offload postgres: commit retried", "err", err)
+	}
+	if err != nil {
+		err = fmt.Errorf("postgres: commit: %w", err)
+		if q.life.Err() != nil {
+			err = fmt.Errorf("%w: %w", task.ErrClosed, err)
+		}
+		q.log.Error("offload postgres: commit failed", "ops", len(b.ops), "err", err)
+		for _, o := range b.ops {
+			o.fail(err)
+		}
+	}
+	close(b.done)
+	if err == nil {
+		q.deliver(notices)
+	}
+}
+
+// retryable reports whether err aborted a transaction that may simply be
+// run again: a deadlock or a serialization failure.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
