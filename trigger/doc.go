@@ -11,6 +11,11 @@
 //	mux.Handle("POST /videos/{name}/transcode", tr.Async("transcode", transcode, &invoke.Policy{Concurrency: 4}))
 //	mux.Handle("/tasks/", http.StripPrefix("/tasks", trigger.TaskAPI(db, nil)))
 //
+// Dashboard serves a page over the task API, to watch, filter, stop, retry
+// and send tasks from a browser:
+//
+//	mux.Handle("/dashboard/", http.StripPrefix("/dashboard", trigger.Dashboard("/tasks/", nil)))
+//
 // Errors are JSON objects {"code": "...", "message": "..."} whose code is
 // stable; see the Code constants.
 package trigger

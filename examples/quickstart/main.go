@@ -4,9 +4,11 @@
 //
 //	go run ./examples/quickstart
 //
-// It prints the curl commands to try. POST /work simulates slow work:
-// ?ms=N sleeps N milliseconds; ?fail=K answers 500 on the first K attempts,
-// so that you can watch retries with backoff.
+// It prints the curl commands to try, and the address of the dashboard
+// page (/dashboard/), where tasks can be watched, stopped, retried and
+// sent. POST /work simulates slow work: ?ms=N sleeps N milliseconds,
+// reporting its progress; ?fail=K answers 500 on the first K attempts, so
+// that you can watch retries with backoff.
 package main
 
 import (
@@ -62,6 +64,10 @@ func run(addr, dbPath string) error {
 	}))
 	// Mount the task API behind your own authentication in a real service.
 	mux.Handle("/tasks/", http.StripPrefix("/tasks", trigger.TaskAPI(db, nil)))
+	// The dashboard page over the task API; it too belongs behind your auth.
+	mux.Handle("/dashboard/", http.StripPrefix("/dashboard", trigger.Dashboard("/tasks/", &trigger.DashboardOptions{
+		TestPath: "/work?ms=5000",
+	})))
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -112,13 +118,21 @@ func work(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("failing attempt %d of the first %d", attempt, failFirst), http.StatusInternalServerError)
 		return
 	}
-	select {
-	case <-time.After(time.Duration(ms) * time.Millisecond):
-	case <-r.Context().Done():
-		// Stopped, timed out or shutting down: give up; offload records why.
-		http.Error(w, context.Cause(r.Context()).Error(), http.StatusServiceUnavailable)
-		return
+	// Sleep in ten steps, reporting progress (shown by the task API and the
+	// dashboard; outside a replay these calls do nothing).
+	log := task.Logger(r.Context())
+	for i := range 10 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond / 10):
+		case <-r.Context().Done():
+			// Stopped, timed out or shutting down: give up; offload records why.
+			log.Warn("giving up", "cause", context.Cause(r.Context()))
+			http.Error(w, context.Cause(r.Context()).Error(), http.StatusServiceUnavailable)
+			return
+		}
+		task.SetProgress(r.Context(), float64(i+1)*10, fmt.Sprintf("step %d of 10", i+1))
 	}
+	log.Info("done", "sleptMs", ms)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{
 		"message": "done", "attempt": attempt, "sleptMs": ms, "bodyBytes": n,
@@ -128,6 +142,7 @@ func work(w http.ResponseWriter, r *http.Request) {
 func printTry(addr string) {
 	base := "http://" + addr
 	fmt.Printf(`offload quickstart listening on %s
+dashboard: %[2]s/dashboard/
 
 Try:
   # a sync call: the handler runs now and you wait for it
