@@ -53,28 +53,68 @@ func (s *Scheduler) deliverLoop(ctx context.Context) {
 }
 
 func (s *Scheduler) sendDue(ctx context.Context) (time.Time, error) {
+	// A destination at its DeliveryConcurrency may have many due entries
+	// ahead of another's: keep reading past the ones seen in this round
+	// while some destination has a free slot, so that a slow destination
+	// cannot hide another's deliveries behind its own.
+	seen := make(map[string]bool)
 	skip := func(key string) bool {
+		if seen[key] {
+			return true
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.sending[key]
+		_, ok := s.sending[key]
+		return ok
 	}
-	due, next, err := s.q.PendingDeliveries(context.WithoutCancel(ctx), time.Now(), deliveryBatch, skip)
-	if err != nil {
-		return time.Time{}, err
-	}
+	// s.sending holds true for a delivery in flight, and false for one
+	// recorded since the last round: a read that began before that record
+	// was committed may still see its entry due, and must not send it
+	// again. Reads from here on begin after those commits.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, d := range due {
-		slot := d.Target + "\x00" + d.Destination
-		if s.perDest[slot] >= s.opts.DeliveryConcurrency {
-			continue // this destination is busy; a finished send wakes us
+	for k, inFlight := range s.sending {
+		if !inFlight {
+			delete(s.sending, k)
 		}
-		s.perDest[slot]++
-		s.sending[string(d.Key)] = true
-		s.senders.Add(1)
-		go s.send(d, slot)
 	}
-	return next, nil
+	s.mu.Unlock()
+	for {
+		due, next, err := s.q.PendingDeliveries(context.WithoutCancel(ctx), time.Now(), deliveryBatch, skip)
+		if err != nil {
+			return time.Time{}, err
+		}
+		s.mu.Lock()
+		for _, d := range due {
+			seen[string(d.Key)] = true
+			slot := d.Target + "\x00" + d.Destination
+			if s.perDest[slot] >= s.opts.DeliveryConcurrency {
+				continue // this destination is busy; a finished send wakes us
+			}
+			s.perDest[slot]++
+			s.sending[string(d.Key)] = true
+			s.senders.Add(1)
+			go s.send(d, slot)
+		}
+		more := len(due) == deliveryBatch && s.freeDeliverySlot()
+		s.mu.Unlock()
+		if !more {
+			return next, nil
+		}
+	}
+}
+
+// freeDeliverySlot reports whether a configured destination has a free
+// delivery slot; s.mu is held.
+func (s *Scheduler) freeDeliverySlot() bool {
+	for name, t := range s.targets {
+		if t.policy.OnSuccess != nil && s.perDest[name+"\x00"+task.OnSuccess] < s.opts.DeliveryConcurrency {
+			return true
+		}
+		if t.policy.OnFailure != nil && s.perDest[name+"\x00"+task.OnFailure] < s.opts.DeliveryConcurrency {
+			return true
+		}
+	}
+	return false
 }
 
 // send makes one delivery try and records how it went.
@@ -97,7 +137,7 @@ func (s *Scheduler) send(d *queue.Delivery, slot string) {
 		}
 	}
 	s.mu.Lock()
-	delete(s.sending, string(d.Key))
+	s.sending[string(d.Key)] = false // recorded; the next round forgets it
 	s.perDest[slot]--
 	s.mu.Unlock()
 	select {
@@ -125,7 +165,14 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 		return queue.DeliveryResult{Error: "task no longer exists"}
 	}
 	if err == nil {
-		cond, _ := destination.ConditionOf(tk)
+		cond, ok := destination.ConditionOf(tk)
+		if !ok || (cond == destination.Success) != (d.Destination == task.OnSuccess) {
+			// Retried since the finish this delivery was for: that
+			// finish's record is gone, and the task's next finish owes
+			// a delivery of its own. Sending this one would give the
+			// destination a record of another outcome.
+			return queue.DeliveryResult{Error: fmt.Sprintf("task was retried before its %s record was delivered; it is %s now", d.Destination, tk.Status)}
+		}
 		err = dest.Deliver(s.sendCtx, destination.NewRecord(tk, cond))
 		if err == nil {
 			return queue.DeliveryResult{}
