@@ -158,7 +158,7 @@ func (c *child) kill(t *testing.T) {
 	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-c.exited
+	c.exited <- <-c.exited // keep it for the cleanup
 }
 
 // terminate sends SIGTERM and checks a clean exit.
