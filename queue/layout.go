@@ -262,6 +262,12 @@ func buildTask(key []byte, m *jobMeta, s *state, req *reqcodec.Request, withBody
 			Header:     req.Header,
 			BodySize:   req.BodySize,
 		}
+		if len(req.Values) > 0 {
+			t.Request.Values = make(map[string]string, len(req.Values))
+			for _, kv := range req.Values {
+				t.Request.Values[kv.Key] = kv.Value
+			}
+		}
 		if withBody {
 			t.Request.Body = req.Body
 		}

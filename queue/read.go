@@ -160,6 +160,7 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 	}
 	callerWalk := f.IDPrefix != "" && !(f.IDPrefix[0] >= '0' && f.IDPrefix[0] <= '9')
 	if f.IDPrefix != "" && !callerWalk {
+		f.IDPrefix = strings.ToUpper(f.IDPrefix) // generated IDs are upper case; Query takes either
 		lo, err1 := ulid.ParseStrict(padRight(f.IDPrefix, '0'))
 		hi, err2 := ulid.ParseStrict(padRight(f.IDPrefix, 'Z'))
 		if err1 != nil || err2 != nil {

@@ -87,6 +87,11 @@ type Request struct {
 	BodySize   int64       `json:"bodySize"`
 	// Body is filled only when asked for (it may be large).
 	Body []byte `json:"body,omitempty"`
+	// Values are what the scheduler's Capture hook kept of the request's
+	// context (the user, a tenant). They are for the application's own
+	// checks, such as the task API's Authorize hook, and are never shown
+	// by the task API.
+	Values map[string]string `json:"-"`
 }
 
 // Response is what the latest finished attempt answered. Body holds at most

@@ -24,7 +24,8 @@ type APIOptions struct {
 	// Authorize, if not nil, runs before every API call with the action
 	// ("get", "list", "counts", "stop" or "retry") and the task ID (empty
 	// for list and counts); an error answers 403 Forbidden with the
-	// error's text. It does not replace the application's authentication,
+	// error's text, or 404 if it wraps task.ErrNotFound (so as not to tell
+	// a caller that someone else's task exists). It does not replace the application's authentication,
 	// which must sit in front of the API: it adds per-action rules.
 	Authorize func(r *http.Request, action, id string) error
 }
@@ -63,6 +64,10 @@ func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			if authorize != nil {
 				if err := authorize(r, action, r.PathValue("id")); err != nil {
+					if errors.Is(err, task.ErrNotFound) {
+						writeError(w, http.StatusNotFound, CodeTaskNotFound, "no task has that id")
+						return
+					}
 					writeError(w, http.StatusForbidden, CodeForbidden, err.Error())
 					return
 				}

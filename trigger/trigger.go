@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +68,11 @@ type Options struct {
 	InlineBodyLimit int
 	// RetryAfter is the Retry-After of a 503. Defaults to DefaultRetryAfter.
 	RetryAfter time.Duration
+	// StripHeaders names request headers removed before an async request
+	// is stored, such as Authorization once an auth middleware has checked
+	// it and Capture has kept who the user is: they never reach the disk,
+	// and the replay does not see them.
+	StripHeaders []string
 }
 
 // Trigger makes handlers answer async requests by storing them.
@@ -119,6 +125,10 @@ func New(e Enqueuer, opts *Options) *Trigger {
 	o.MaxDelay = cmp.Or(o.MaxDelay, DefaultMaxDelay)
 	o.InlineBodyLimit = cmp.Or(o.InlineBodyLimit, DefaultInlineBodyLimit)
 	o.RetryAfter = cmp.Or(o.RetryAfter, DefaultRetryAfter)
+	o.StripHeaders = slices.Clone(o.StripHeaders)
+	for i, k := range o.StripHeaders {
+		o.StripHeaders[i] = http.CanonicalHeaderKey(k)
+	}
 	return &Trigger{e: e, opts: o}
 }
 
@@ -270,7 +280,7 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 		Proto:      r.Proto,
 		Host:       r.Host,
 		RemoteAddr: r.RemoteAddr,
-		Header:     r.Header,
+		Header:     tr.storedHeader(r.Header),
 		Pattern:    r.Pattern,
 		PathValues: pathValues(r),
 		Values:     reqcodec.SortedKVs(tr.e.Capture(r)),
@@ -463,23 +473,54 @@ func (tr *Trigger) enqueueError(w http.ResponseWriter, err error, id string) {
 // that r.PathValue works on replay.
 func pathValues(r *http.Request) []reqcodec.KV {
 	var kvs []reqcodec.KV
-	rest := r.Pattern
-	for {
-		i := strings.IndexByte(rest, '{')
-		if i < 0 {
-			return kvs
-		}
-		j := strings.IndexByte(rest[i:], '}')
-		if j < 0 {
-			return kvs
-		}
-		name := strings.TrimSuffix(rest[i+1:i+j], "...")
-		rest = rest[i+j+1:]
-		if name == "$" || name == "" {
-			continue
-		}
-		kvs = append(kvs, reqcodec.KV{Key: name, Value: r.PathValue(name)})
+	for _, w := range wildcards(r.Pattern) {
+		kvs = append(kvs, reqcodec.KV{Key: w, Value: r.PathValue(w)})
 	}
+	return kvs
+}
+
+// wildcards returns the names of a route pattern's wildcards: ServeMux's
+// {name} and {name...}, and chi's {name} and {name:regexp}, whose regexp
+// may hold braces of its own.
+func wildcards(pattern string) []string {
+	var names []string
+	depth, start := 0, 0
+	for i := 0; i < len(pattern); i++ {
+		switch pattern[i] {
+		case '{':
+			if depth == 0 {
+				start = i + 1
+			}
+			depth++
+		case '}':
+			if depth == 0 {
+				continue
+			}
+			if depth--; depth == 0 {
+				name, _, _ := strings.Cut(pattern[start:i], ":")
+				name = strings.TrimSuffix(name, "...")
+				if name != "" && name != "$" {
+					names = append(names, name)
+				}
+			}
+		}
+	}
+	return names
+}
+
+// storedHeader is h less Options.StripHeaders; h itself when there are none
+// to strip, to spare a copy on the hot path.
+func (tr *Trigger) storedHeader(h http.Header) http.Header {
+	for _, k := range tr.opts.StripHeaders {
+		if _, ok := h[k]; ok {
+			h = h.Clone()
+			for _, k := range tr.opts.StripHeaders {
+				delete(h, k)
+			}
+			return h
+		}
+	}
+	return h
 }
 
 func truncate(s string, n int) string {
