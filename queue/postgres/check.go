@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/offload-go/offload/task"
 )
 
 // Check compares the counters with the tasks they count and checks each
@@ -12,6 +14,9 @@ import (
 // in tests or by hand, not on a hot path. It returns nil or every problem
 // found, joined.
 func (q *Queue) Check(ctx context.Context) error {
+	if q.isClosed() {
+		return task.ErrClosed
+	}
 	ctx, cancel := q.bind(ctx)
 	defer cancel()
 	var errs []error

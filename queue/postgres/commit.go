@@ -213,10 +213,10 @@ func (q *Queue) queueExisting(b *pgx.Batch, ops []*enqueueOp, pre *preread) {
 	b.Queue(q.sql.existing, cids, idemTargets, idemKeys).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
-				key                      [16]byte
-				cid, target, idem        *string
-				fp                       []byte
-				e                        existingTask
+				key               [16]byte
+				cid, target, idem *string
+				fp                []byte
+				e                 existingTask
 			)
 			if err := rows.Scan(&key, &cid, &target, &idem, &fp); err != nil {
 				return err
@@ -240,7 +240,7 @@ func (q *Queue) queueExisting(b *pgx.Batch, ops []*enqueueOp, pre *preread) {
 // new rows, the changed rows, the outbox and the counters, and commits.
 // A batch of plain enqueues is one round trip.
 func (q *Queue) commitBatch(ctx context.Context, ops []op) ([]queue.Notice, error) {
-	t := q.newTxn()
+	t := q.newTxn(shardCommitter)
 	pre := newPreread()
 	var enqs []*enqueueOp
 	keySet := map[[16]byte]bool{}

@@ -71,7 +71,7 @@ func (q *Queue) control(ctx context.Context, id string, do func(t *txn, r *row) 
 	if !ok {
 		return fmt.Errorf("postgres: %s: %w", id, task.ErrNotFound)
 	}
-	t := q.newTxn()
+	t := q.newTxn(shardOther)
 	s, err := q.begin(ctx)
 	if err != nil {
 		return err
@@ -160,7 +160,7 @@ func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 }
 
 func (q *Queue) invalidateSome(ctx context.Context, targets []string) (int, []queue.Notice, error) {
-	t := q.newTxn()
+	t := q.newTxn(shardOther)
 	s, err := q.begin(ctx)
 	if err != nil {
 		return 0, nil, err

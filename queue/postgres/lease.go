@@ -40,7 +40,7 @@ func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []queue.LeaseRequ
 	if len(targets) == 0 {
 		return res, nil
 	}
-	t := q.newTxn()
+	t := q.newTxn(shardLease)
 	s, err := q.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: lease: %w", err)

@@ -29,6 +29,9 @@ func (q *Queue) heartbeatLoop() {
 			return
 		case <-tick.C:
 		}
+		if q.paused.Load() {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(q.life, q.opts.HeartbeatInterval)
 		if err := q.heartbeat(ctx); err != nil && q.life.Err() == nil {
 			q.log.Warn("offload postgres: heartbeat failed", "err", err)
@@ -157,7 +160,7 @@ func (q *Queue) abandon(ctx context.Context) (int, error) {
 // locked): as after a lost process, a Running task is ready again at once
 // with the attempt counted, and a Stopping one is Stopped.
 func (q *Queue) reclaim(ctx context.Context, sel string, args []any, why string) (int, error) {
-	t := q.newTxn()
+	t := q.newTxn(shardOther)
 	s, err := q.begin(ctx)
 	if err != nil {
 		return 0, err
@@ -236,7 +239,7 @@ func (q *Queue) Purge(ctx context.Context) (int, error) {
 }
 
 func (q *Queue) purgeSome(ctx context.Context) (int, error) {
-	t := q.newTxn()
+	t := q.newTxn(shardOther)
 	s, err := q.begin(ctx)
 	if err != nil {
 		return 0, err

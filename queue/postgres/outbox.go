@@ -46,12 +46,12 @@ func (q *Queue) PendingDeliveries(ctx context.Context, now time.Time, maxN int, 
 		}
 		for rows.Next() {
 			var (
-				id           int64
-				key          [16]byte
-				kind         string
-				tries        int32
-				due          time.Time
-				cid, target  pgtype.Text
+				id          int64
+				key         [16]byte
+				kind        string
+				tries       int32
+				due         time.Time
+				cid, target pgtype.Text
 			)
 			if err := rows.Scan(&id, &key, &kind, &tries, &due, &cid, &target); err != nil {
 				rows.Close()

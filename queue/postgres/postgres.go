@@ -12,6 +12,7 @@ import (
 	"maps"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -102,7 +103,7 @@ type Queue struct {
 
 	owner    [16]byte // this replica's lease owner ID, new at each Open
 	ownerHex string
-	shard    int16
+	shard    int16 // the first of this replica's counter shards; see txn.shard
 
 	// life ends when the queue is closed (or crashes, in tests): every
 	// statement runs under it.
@@ -115,6 +116,8 @@ type Queue struct {
 	commitWG sync.WaitGroup
 	closeMu  sync.Once
 	closeErr error
+	commits  atomic.Int64 // committer transactions, for benchmarks
+	paused   atomic.Bool  // heartbeats skipped, as by a stalled process (tests)
 
 	mu           sync.Mutex // guards everything below
 	pending      *batch
@@ -189,7 +192,7 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 	}
 	_, _ = rand.Read(q.owner[:])
 	q.ownerHex = hex.EncodeToString(q.owner[:])
-	q.shard = int16(binary.BigEndian.Uint16(q.owner[:2]) % 64)
+	q.shard = int16(binary.BigEndian.Uint16(q.owner[:2])%64) * shardsPerReplica
 	q.life, q.kill = context.WithCancel(context.Background())
 
 	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error { return migrate(ctx, c.Conn(), o.Schema) })
@@ -263,6 +266,9 @@ func (q *Queue) bind(ctx context.Context) (context.Context, context.CancelFunc) 
 	stop := context.AfterFunc(q.life, func() { cancel(task.ErrClosed) })
 	return ctx, func() { stop(); cancel(nil) }
 }
+
+// Schema returns the name of the schema that holds the queue.
+func (q *Queue) Schema() string { return q.schema }
 
 // schemaName is the quoted schema name.
 func (q *Queue) schemaName() string { return pgx.Identifier{q.schema}.Sanitize() }
@@ -417,6 +423,7 @@ func (q *Queue) commitPending() {
 			o.reset()
 		}
 		notices, err = q.commitBatch(q.life, b.ops)
+		q.commits.Add(1)
 		if err == nil || !retryable(err) || try == maxBatchTries {
 			break
 		}

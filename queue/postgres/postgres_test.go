@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/queue/postgres"
 	"github.com/offload-go/offload/queue/queuetest"
+	"github.com/offload-go/offload/task"
 )
 
 // urlEnv names the database the tests run against. .ci/postgres starts a
@@ -35,6 +37,7 @@ var admin struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	printRatios()
 	if admin.pool != nil {
 		admin.pool.Close()
 	}
@@ -127,7 +130,7 @@ func openAt(t testing.TB, schema string, opts *postgres.Options) *postgres.Queue
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := q.Check(ctx); err != nil && !strings.Contains(err.Error(), "closed") {
+		if err := q.Check(ctx); err != nil && !errors.Is(err, task.ErrClosed) {
 			t.Error(err)
 		}
 	})

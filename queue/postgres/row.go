@@ -215,6 +215,7 @@ type outboxRetry struct {
 // after the commit.
 type txn struct {
 	q     *Queue
+	shard int16 // the counter shard this transaction writes
 	now   time.Time
 	rules map[string]uint8
 	rows  map[[16]byte]*row
@@ -228,8 +229,20 @@ type txn struct {
 	delivery    bool // a delivery was written or rescheduled
 }
 
-func (q *Queue) newTxn() *txn {
-	return &txn{q: q, now: q.now(), rules: q.rules(), rows: map[[16]byte]*row{}, counts: map[countKey]int64{}}
+// Writers of counter shards. Each replica writes shardsPerReplica shards,
+// one per kind of writer: its committer and its lease loop each run one
+// transaction at a time, so neither ever waits for the other's counter row
+// lock (held until commit, across the WAL flush); the rest (stops,
+// retries, reaping, purges) share the third.
+const (
+	shardCommitter int16 = iota
+	shardLease
+	shardOther
+	shardsPerReplica
+)
+
+func (q *Queue) newTxn(writer int16) *txn {
+	return &txn{q: q, shard: q.shard + writer, now: q.now(), rules: q.rules(), rows: map[[16]byte]*row{}, counts: map[countKey]int64{}}
 }
 
 func (t *txn) count(target string, s task.Status, d int64) {
@@ -360,7 +373,7 @@ func (t *txn) write(b *pgx.Batch) error {
 		for i, k := range keys {
 			targets[i], statuses[i], deltas[i] = k.target, statusCode(k.status), t.counts[k]
 		}
-		b.Queue(t.q.sql.counts, targets, statuses, deltas, t.q.shard)
+		b.Queue(t.q.sql.counts, targets, statuses, deltas, t.shard)
 	}
 	if payloads := t.q.payloads(t.finalNotices()); len(payloads) > 0 {
 		b.Queue(t.q.sql.notify, t.q.channel, payloads)

@@ -66,8 +66,9 @@ CREATE INDEX tasks_done ON {s}.tasks (finished_at) WHERE status IN (4, 5, 7, 8, 
 CREATE INDEX tasks_blob ON {s}.tasks (blob) WHERE blob IS NOT NULL;
 
 -- Tasks per target and status, kept in the transactions that change
--- them. Each replica writes its own shard, so that replicas do not queue
--- behind one another's row locks; a count is the sum over shards.
+-- them. Each replica writes shards of its own (one per kind of writer), so
+-- that writers do not queue behind one another's row locks; a count is the
+-- sum over shards.
 CREATE TABLE {s}.counts (
 	target text COLLATE "C" NOT NULL,
 	status smallint NOT NULL,

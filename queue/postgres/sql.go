@@ -67,9 +67,9 @@ func newStatements(schema string) statements {
 			FROM {s}.tasks t JOIN unnest($2::text[], $3::text[]) AS u(target, idem)
 				ON t.target = u.target AND t.idem_key = u.idem
 			WHERE t.idem_key IS NOT NULL`),
-		lockRows:  s(`SELECT {rowCols} FROM {s}.tasks WHERE key = ANY($1::uuid[]) ORDER BY key FOR UPDATE`),
-		lockByKey: s(`SELECT {rowCols} FROM {s}.tasks WHERE key = $1 AND caller_id IS NULL FOR UPDATE`),
-		lockByID:  s(`SELECT {rowCols} FROM {s}.tasks WHERE caller_id = $1 FOR UPDATE`),
+		lockRows:   s(`SELECT {rowCols} FROM {s}.tasks WHERE key = ANY($1::uuid[]) ORDER BY key FOR UPDATE`),
+		lockByKey:  s(`SELECT {rowCols} FROM {s}.tasks WHERE key = $1 AND caller_id IS NULL FOR UPDATE`),
+		lockByID:   s(`SELECT {rowCols} FROM {s}.tasks WHERE caller_id = $1 FOR UPDATE`),
 		lockOutbox: s(`SELECT id FROM {s}.outbox WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE`),
 		// MaxQueued: enqueuers of a target take turns, so that the count
 		// they check cannot change under them (finishes only lower it).
