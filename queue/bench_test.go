@@ -105,19 +105,18 @@ func openBenchQueue(b *testing.B) *queue.Queue {
 	return q
 }
 
-// runCallers runs fn b.N times in total from callers goroutines and
-// returns the wall time taken, which is also the benchmark's time.
-func runCallers(b *testing.B, callers int, fn func() error) time.Duration {
+// callN runs fn n times in total from callers goroutines and returns the
+// wall time taken, or the first error.
+func callN(callers, n int, fn func() error) (time.Duration, error) {
 	var (
 		next     atomic.Int64
 		wg       sync.WaitGroup
 		firstErr atomic.Pointer[error]
 	)
-	b.ResetTimer()
 	start := time.Now()
 	for range callers {
 		wg.Go(func() {
-			for next.Add(1) <= int64(b.N) {
+			for next.Add(1) <= int64(n) {
 				if err := fn(); err != nil {
 					firstErr.CompareAndSwap(nil, errPtr(err))
 					return
@@ -127,9 +126,19 @@ func runCallers(b *testing.B, callers int, fn func() error) time.Duration {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	b.StopTimer()
 	if err := firstErr.Load(); err != nil {
-		b.Fatal(*err)
+		return elapsed, *err
+	}
+	return elapsed, nil
+}
+
+// runCallers is callN for b.N calls, timed as the benchmark.
+func runCallers(b *testing.B, callers int, fn func() error) time.Duration {
+	b.ResetTimer()
+	elapsed, err := callN(callers, b.N, fn)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
 	}
 	return elapsed
 }
@@ -137,24 +146,30 @@ func runCallers(b *testing.B, callers int, fn func() error) time.Duration {
 // errPtr boxes err for an atomic.Pointer, away from the hot loop.
 func errPtr(err error) *error { return &err }
 
-// benchEnqueue measures Enqueue of a 1 KiB request from callers concurrent
-// goroutines and returns the time per enqueue (wall time / b.N).
-func benchEnqueue(b *testing.B, q *queue.Queue, callers int) time.Duration {
-	job := benchJob()
-	ctx := context.Background()
-	b.ReportAllocs()
-	commits, pages := queue.CommitsForBench(q), queue.PagesWrittenForBench(q)
-	elapsed := runCallers(b, callers, func() error {
+func enqueueFunc(q *queue.Queue) func() error {
+	job, ctx := benchJob(), context.Background()
+	return func() error {
 		_, err := q.Enqueue(ctx, job)
 		return err
-	})
-	commits, pages = max(queue.CommitsForBench(q)-commits, 1), queue.PagesWrittenForBench(q)-pages
+	}
+}
+
+// commitStats reports how many ops shared a commit, and the pages a commit
+// wrote, over the ops done since the call that returned done.
+func commitStats(q *queue.Queue) (done func(b *testing.B, ops int)) {
+	commits, pages := queue.CommitsForBench(q), queue.PagesWrittenForBench(q)
+	return func(b *testing.B, ops int) {
+		commits, pages := max(queue.CommitsForBench(q)-commits, 1), queue.PagesWrittenForBench(q)-pages
+		b.ReportMetric(float64(ops)/float64(commits), "ops/commit")
+		b.ReportMetric(float64(pages)/float64(commits), "pages/commit")
+	}
+}
+
+// reportEnqueue reports the throughput of b.N enqueues from callers
+// goroutines that took elapsed, and their mean latency (Little's law).
+func reportEnqueue(b *testing.B, callers int, elapsed time.Duration) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "enqueues/s")
-	b.ReportMetric(float64(b.N)/float64(commits), "ops/commit")
-	b.ReportMetric(float64(pages)/float64(commits), "pages/commit")
-	// Each caller waits for its own enqueue: mean latency by Little's law.
 	b.ReportMetric(float64(callers)*elapsed.Seconds()/float64(b.N)*1e6, "us-latency")
-	return elapsed / time.Duration(b.N)
 }
 
 // BenchmarkEnqueue: durable enqueues of 1 KiB requests (record and every
@@ -162,7 +177,11 @@ func benchEnqueue(b *testing.B, q *queue.Queue, callers int) time.Duration {
 func BenchmarkEnqueue(b *testing.B) {
 	for _, callers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			benchEnqueue(b, openBenchQueue(b), callers)
+			q := openBenchQueue(b)
+			stats := commitStats(q)
+			b.ReportAllocs()
+			reportEnqueue(b, callers, runCallers(b, callers, enqueueFunc(q)))
+			stats(b, b.N)
 		})
 	}
 }
@@ -353,27 +372,42 @@ func BenchmarkLeaseFinish(b *testing.B) {
 	b.ReportMetric(float64(b.N)/float64(max(commits, 1)), "tasks/commit")
 }
 
-// benchQuery measures task.Query of a random one of the first n filled
-// tasks and returns the time per query.
-func benchQuery(b *testing.B, q *queue.Queue, n int) time.Duration {
-	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(1, 2))
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		id := benchKey(rng.IntN(n)).String()
-		t, err := task.Query(ctx, q, id)
-		if err != nil {
-			b.Fatal(err)
+// queryFunc returns a func that runs task.Query on n random ones of the
+// first tasks filled tasks of q, checks them, and returns the time taken.
+func queryFunc(q *queue.Queue, tasks int) func(n int) (time.Duration, error) {
+	ctx, rng := context.Background(), rand.New(rand.NewPCG(1, 2))
+	return func(n int) (time.Duration, error) {
+		start := time.Now()
+		for range n {
+			id := benchKey(rng.IntN(tasks)).String()
+			t, err := task.Query(ctx, q, id)
+			if err != nil {
+				return 0, err
+			}
+			if t.ID != id || len(t.Request.Body) != 1<<10 {
+				return 0, fmt.Errorf("query %s: got %s with %d body bytes", id, t.ID, len(t.Request.Body))
+			}
 		}
-		if t.ID != id || len(t.Request.Body) != 1<<10 {
-			b.Fatalf("query %s: got %s with %d body bytes", id, t.ID, len(t.Request.Body))
-		}
+		return time.Since(start), nil
 	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	return elapsed / time.Duration(b.N)
+}
+
+// getFunc is queryFunc for the bare bbolt part of a lookup: a read
+// transaction and one Get of the record. It is the yardstick for the
+// query: what it grows by with the backlog is the memory latency of a
+// B+tree over a larger file, not the queue's doing.
+func getFunc(q *queue.Queue, tasks int) func(n int) (time.Duration, error) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	return func(n int) (time.Duration, error) {
+		start := time.Now()
+		for range n {
+			k := benchKey(rng.IntN(tasks))
+			if queue.GetForBench(q, k[:]) == 0 {
+				return 0, fmt.Errorf("task %s missing", k)
+			}
+		}
+		return time.Since(start), nil
+	}
 }
 
 // BenchmarkQuery: task.Query by ID of a random task among queryTasks.
@@ -385,15 +419,23 @@ func BenchmarkQuery(b *testing.B) {
 	if err := q.Check(); err != nil { // the direct fill keeps every index in step
 		b.Fatal(err)
 	}
-	benchQuery(b, q, queryTasks)
+	query := queryFunc(q, queryTasks)
+	b.ReportAllocs()
+	b.ResetTimer()
+	if _, err := query(b.N); err != nil {
+		b.Fatal(err)
+	}
 }
 
-// BenchmarkBacklog runs the enqueue and query benchmarks (and the bare
-// bbolt lookup under the query, as a yardstick) on a small database and on
-// one holding backlogSize queued tasks of the same target, in that order,
-// and reports on the latter the ratio of its time per operation to the
-// former's (the bar: at most about 1.2), and the process RSS with the
-// backlog open.
+// BenchmarkBacklog runs the enqueue and query benchmarks (and, as a
+// yardstick for the query, the bare bbolt lookup under it) on a database
+// holding backlogSize queued tasks of the same target. Each one runs its
+// b.N operations in chunks that alternate with as many on a new database
+// (for the query, one of queryTasks tasks), and reports the ratio of the
+// two times per operation as x-vs-empty (the bar: at most about 1.2) and
+// the empty database's time as empty-ns/op, so that the drift of a shared
+// machine falls on both alike. ns/op, allocs and the other metrics are the
+// backlog's. It also reports the process RSS with the backlog open.
 func BenchmarkBacklog(b *testing.B) {
 	// The big queue is opened once per run of this benchmark (-count) and
 	// closed when it ends, before the leak check.
@@ -410,61 +452,75 @@ func BenchmarkBacklog(b *testing.B) {
 		return big
 	}
 	for _, callers := range []int{1, 64} {
-		b.Run(fmt.Sprintf("Enqueue/callers=%d", callers), func(b *testing.B) {
-			var empty time.Duration
-			b.Run("backlog=0", func(b *testing.B) {
-				empty = benchEnqueue(b, openBenchQueue(b), callers)
-			})
-			b.Run("backlog=1M", func(b *testing.B) {
-				per := benchEnqueue(b, open(b), callers)
-				reportBacklog(b, per, empty)
-			})
+		b.Run(fmt.Sprintf("Enqueue/callers=%d/backlog=1M", callers), func(b *testing.B) {
+			q, empty := open(b), openBenchQueue(b)
+			run := func(q *queue.Queue) func(n int) (time.Duration, error) {
+				fn := enqueueFunc(q)
+				return func(n int) (time.Duration, error) { return callN(callers, n, fn) }
+			}
+			stats := commitStats(q)
+			per := interleave(b, run(q), run(empty))
+			reportEnqueue(b, callers, per*time.Duration(b.N))
+			stats(b, b.N)
+			reportRSS(b)
 		})
 	}
 	for _, kind := range []struct {
 		name string
-		run  func(b *testing.B, q *queue.Queue, n int) time.Duration
-	}{{"Query", benchQuery}, {"Get", benchGet}} {
-		b.Run(kind.name, func(b *testing.B) {
-			var small time.Duration
-			b.Run("backlog=1k", func(b *testing.B) {
-				q := openBenchQueue(b)
-				if err := queue.FillForBench(q, queryTasks, fillPerTx, benchTarget, benchRequest(), benchKey); err != nil {
-					b.Fatal(err)
-				}
-				small = kind.run(b, q, queryTasks)
-			})
-			b.Run("backlog=1M", func(b *testing.B) {
-				per := kind.run(b, open(b), backlogSize)
-				reportBacklog(b, per, small)
-			})
+		run  func(q *queue.Queue, tasks int) func(n int) (time.Duration, error)
+	}{{"Query", queryFunc}, {"Get", getFunc}} {
+		b.Run(kind.name+"/backlog=1M", func(b *testing.B) {
+			q, small := open(b), openBenchQueue(b)
+			if err := queue.FillForBench(small, queryTasks, fillPerTx, benchTarget, benchRequest(), benchKey); err != nil {
+				b.Fatal(err)
+			}
+			interleave(b, kind.run(q, backlogSize), kind.run(small, queryTasks))
+			reportRSS(b)
 		})
 	}
 }
 
-// benchGet is the yardstick for benchQuery: the bare bbolt part of a
-// lookup (a read transaction and one Get of the record) of a random one of
-// the first n filled tasks. What it grows by with the backlog is the
-// memory latency of a B+tree over a larger file, not the queue's doing.
-func benchGet(b *testing.B, q *queue.Queue, n int) time.Duration {
-	rng := rand.New(rand.NewPCG(1, 2))
+// interleave runs b.N operations with big, timed, in chunks that
+// alternate (in alternating order) with as many untimed ones with empty,
+// reports the ratio and empty's time per operation, and returns big's.
+func interleave(b *testing.B, big, empty func(n int) (time.Duration, error)) time.Duration {
+	const chunks = 32
+	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		k := benchKey(rng.IntN(n))
-		if queue.GetForBench(q, k[:]) == 0 {
-			b.Fatalf("task %s missing", k)
-		}
-	}
-	elapsed := time.Since(start)
 	b.StopTimer()
-	return elapsed / time.Duration(b.N)
+	var tBig, tEmpty time.Duration
+	per := max(b.N/chunks, 1)
+	for i, done := 0, 0; done < b.N; i++ {
+		n := min(per, b.N-done)
+		runEmpty := func() {
+			d, err := empty(n)
+			if err != nil {
+				b.Fatal("empty database:", err)
+			}
+			tEmpty += d
+		}
+		if i%2 == 0 {
+			runEmpty()
+		}
+		b.StartTimer()
+		d, err := big(n)
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tBig += d
+		if i%2 == 1 {
+			runEmpty()
+		}
+		done += n
+	}
+	b.ReportMetric(float64(tBig)/float64(tEmpty), "x-vs-empty")
+	b.ReportMetric(float64(tEmpty.Nanoseconds())/float64(b.N), "empty-ns/op")
+	return tBig / time.Duration(b.N)
 }
 
-func reportBacklog(b *testing.B, per, base time.Duration) {
-	if base > 0 {
-		b.ReportMetric(float64(per)/float64(base), "x-vs-empty")
-	}
+// reportRSS reports the process's resident memory.
+func reportRSS(b *testing.B) {
 	rss, anon := procRSS(b)
 	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
 	b.ReportMetric(float64(anon)/(1<<20), "rss-anon-MB")
