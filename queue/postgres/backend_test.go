@@ -94,8 +94,8 @@ func TestMigrateConcurrently(t *testing.T) {
 	if err := admin.pool.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = $1", schema).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if versions != 1 || tables != 6 {
-		t.Errorf("%d migrations recorded, %d tables; want 1 and 6", versions, tables)
+	if versions != postgres.Migrations || tables != 7 {
+		t.Errorf("%d migrations recorded, %d tables; want %d and 7", versions, tables, postgres.Migrations)
 	}
 	// All six work on the one schema.
 	id := mustEnqueue(t, qs[0], job("m"))
@@ -111,6 +111,73 @@ func TestMigrateConcurrently(t *testing.T) {
 			q.Close()
 		}
 		t.Errorf("Open on a newer schema: %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// A schema that an older release made is brought up to date, its tasks
+// kept.
+func TestMigrateUpgrade(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	if err := postgres.MigrateTo(ctx, dbURL(t), schema, 1); err != nil {
+		t.Fatal(err)
+	}
+	var key [16]byte
+	key[0] = 1
+	insert := "INSERT INTO " + pgx.Identifier{schema, "tasks"}.Sanitize() + ` (key, target, status, created_at, enqueued_at, ready_at, request)
+		VALUES ($1, 'old', 1, now(), now(), now(), $2)`
+	head := reqcodec.Append(nil, &reqcodec.Request{Method: http.MethodGet, RequestURI: "/old"})
+	if _, err := admin.pool.Exec(ctx, insert, key, head); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.pool.Exec(ctx, "INSERT INTO "+pgx.Identifier{schema, "counts"}.Sanitize()+" VALUES ('old', 1, 0, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	q := openAt(t, schema, nil)
+	var version int
+	if err := admin.pool.QueryRow(ctx, "SELECT max(version) FROM "+pgx.Identifier{schema, "schema_migrations"}.Sanitize()).Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	if version != postgres.Migrations {
+		t.Errorf("schema at version %d after Open, want %d", version, postgres.Migrations)
+	}
+	ls := leaseAll(t, q, "old")
+	if len(ls) != 1 || ls[0].Request.RequestURI != "/old" {
+		t.Fatalf("the old task: %+v", ls)
+	}
+	if _, err := q.Finish(ctx, ls[0], queue.Outcome{Status: task.Succeeded}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Invalidate leaves alone the tasks of a target that another live replica
+// runs (a rolling deploy that adds a target), and gives up on those of a
+// target that none runs.
+func TestInvalidateAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	a, b := openAt(t, schema, nil), openAt(t, schema, nil)
+	x, y, z := mustEnqueue(t, a, job("x")), mustEnqueue(t, a, job("y")), mustEnqueue(t, a, job("z"))
+	if n, err := a.Invalidate(ctx, []string{"x", "y"}); err != nil || n != 1 {
+		t.Fatalf("a: Invalidate = %d, %v; want z's task", n, err)
+	}
+	if n, err := b.Invalidate(ctx, []string{"y"}); err != nil || n != 0 {
+		t.Fatalf("b: Invalidate = %d, %v; want none (a runs x)", n, err)
+	}
+	if st := status(t, b, x).Status; st != task.Enqueued {
+		t.Errorf("x's task is %s, want Enqueued", st)
+	}
+	if st := status(t, b, z).Status; st != task.Invalid {
+		t.Errorf("z's task is %s, want Invalid", st)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Invalidate(ctx, []string{"y"}); err != nil || n != 1 {
+		t.Fatalf("b after a closed: Invalidate = %d, %v; want x's task", n, err)
+	}
+	if st := status(t, b, y).Status; st != task.Enqueued {
+		t.Errorf("y's task is %s, want Enqueued", st)
 	}
 }
 

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,23 +124,33 @@ const invalidateBatch = 1000
 // Invalidate implements queue.Backend. The targets with waiting tasks are
 // read from the counters, so only the unknown targets' tasks are visited.
 //
-// With several replicas, every replica must register every target: a
-// replica that does not know a target marks its waiting tasks Invalid.
+// With several replicas, a target counts as known when any live replica
+// runs it: each Invalidate records the caller's targets in the replicas
+// table, kept alive by the heartbeat, so that during a rolling deploy an
+// old replica does not invalidate the tasks of a target that new ones
+// added. Only a target that no live replica has registered is given up.
 func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 	if q.isClosed() {
 		return 0, task.ErrClosed
 	}
 	ctx, cancel := q.bind(ctx)
 	defer cancel()
+	// Record what this replica runs (its heartbeat keeps the record
+	// alive), then look for targets that no live replica runs.
+	if known == nil {
+		known = []string{}
+	}
+	if _, err := q.pool.Exec(ctx, q.sql.registerTargets, q.owner, known, q.opts.LeaseTimeout.Microseconds()); err != nil {
+		return 0, fmt.Errorf("postgres: invalidate: %w", err)
+	}
 	rows, err := q.pool.Query(ctx, q.sql.waitingTargets)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: invalidate: %w", err)
 	}
-	all, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	unknown, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return 0, fmt.Errorf("postgres: invalidate: %w", err)
 	}
-	unknown := slices.DeleteFunc(all, func(t string) bool { return slices.Contains(known, t) })
 	if len(unknown) == 0 {
 		return 0, nil
 	}

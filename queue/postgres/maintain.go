@@ -49,13 +49,17 @@ func (q *Queue) heartbeat(ctx context.Context) error {
 		keys = append(keys, k)
 	}
 	q.mu.Unlock()
-	if _, err := q.pool.Exec(ctx, q.sql.extendClaims, q.owner, q.opts.LeaseTimeout.Microseconds()); err != nil {
+	ttl := q.opts.LeaseTimeout.Microseconds()
+	if _, err := q.pool.Exec(ctx, q.sql.extendClaims, q.owner, ttl); err != nil {
+		return err
+	}
+	if _, err := q.pool.Exec(ctx, q.sql.extendReplica, q.owner, ttl); err != nil {
 		return err
 	}
 	if len(keys) == 0 {
 		return nil
 	}
-	rows, err := q.pool.Query(ctx, q.sql.heartbeat, keys, q.owner, q.opts.LeaseTimeout.Microseconds())
+	rows, err := q.pool.Query(ctx, q.sql.heartbeat, keys, q.owner, ttl)
 	if err != nil {
 		return err
 	}

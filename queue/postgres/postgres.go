@@ -236,6 +236,9 @@ func (q *Queue) Close() error {
 		if _, err := q.pool.Exec(ctx, q.sql.releaseClaims, q.owner); err != nil && q.closeErr == nil {
 			q.closeErr = fmt.Errorf("postgres: close: release delivery claims: %w", err)
 		}
+		if _, err := q.pool.Exec(ctx, q.sql.dropReplica, q.owner); err != nil && q.closeErr == nil {
+			q.closeErr = fmt.Errorf("postgres: close: drop replica record: %w", err)
+		}
 		cancel()
 		q.kill()
 		q.pool.Close()

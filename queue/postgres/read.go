@@ -135,6 +135,12 @@ func (s *taskScan) task(withBody bool) (*task.Task, error) {
 			Method: req.Method, URL: req.RequestURI, Host: req.Host, RemoteAddr: req.RemoteAddr,
 			Header: req.Header, BodySize: req.BodySize,
 		}
+		if len(req.Values) > 0 {
+			t.Request.Values = make(map[string]string, len(req.Values))
+			for _, kv := range req.Values {
+				t.Request.Values[kv.Key] = kv.Value
+			}
+		}
 		if withBody && req.Blob == "" && len(s.body) > 0 {
 			t.Request.Body = s.body
 		}
@@ -207,10 +213,8 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 	}
 	byCaller := f.IDPrefix != "" && !(f.IDPrefix[0] >= '0' && f.IDPrefix[0] <= '9')
 	if f.IDPrefix != "" && !byCaller {
-		// Generated IDs are upper case: a prefix in any other case names none.
-		if strings.ToUpper(f.IDPrefix) != f.IDPrefix {
-			return empty, nil
-		}
+		f.IDPrefix = strings.ToUpper(f.IDPrefix) // generated IDs are upper case; Query takes either
+		l.f.IDPrefix = f.IDPrefix
 		lo, err1 := ulid.ParseStrict(padRight(f.IDPrefix, '0'))
 		hi, err2 := ulid.ParseStrict(padRight(f.IDPrefix, 'Z'))
 		if err1 != nil || err2 != nil {

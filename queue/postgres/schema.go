@@ -116,12 +116,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 	      WHERE i > jsonb_array_length(a) - n) END
 $$;
 `,
+	// 2: the targets each live replica runs, so that Invalidate leaves the
+	// tasks of a target that another replica knows (a rolling deploy that
+	// adds a target) alone.
+	`
+CREATE TABLE {s}.replicas (
+	owner      uuid PRIMARY KEY,
+	targets    text[] COLLATE "C" NOT NULL,
+	expires_at timestamptz NOT NULL          -- by the database clock; extended by heartbeats
+);
+`,
 }
 
 // migrate brings the schema to the latest version. Replicas may call it
 // at once: the advisory lock makes them take turns, and each finds the
 // work of the one before done.
 func migrate(ctx context.Context, conn *pgx.Conn, schema string) error {
+	return migrateTo(ctx, conn, schema, len(migrations))
+}
+
+// migrateTo applies the migrations up to version last.
+func migrateTo(ctx context.Context, conn *pgx.Conn, schema string, last int) error {
 	quoted := pgx.Identifier{schema}.Sanitize()
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -155,7 +170,7 @@ func migrate(ctx context.Context, conn *pgx.Conn, schema string) error {
 	if version > len(migrations) {
 		return fmt.Errorf("%w: version %d, this build knows %d", ErrSchemaTooNew, version, len(migrations))
 	}
-	for v := version + 1; v <= len(migrations); v++ {
+	for v := version + 1; v <= last; v++ {
 		if _, err := tx.Exec(ctx, strings.ReplaceAll(migrations[v-1], "{s}", quoted)); err != nil {
 			return fmt.Errorf("migration %d: %w", v, err)
 		}

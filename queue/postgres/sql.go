@@ -35,6 +35,8 @@ type statements struct {
 	heartbeat, extendClaims, releaseClaims string
 	reap, nextExpiry, abandon              string
 	waitingTargets, invalidate             string
+	registerTargets, extendReplica         string
+	dropReplica                            string
 	purge, deleteBlobs, sweepBlobs         string
 
 	getByKey, getByID string
@@ -138,7 +140,15 @@ func newStatements(schema string) statements {
 			WHERE status IN (2, 6)`),
 		abandon: s(`SELECT {rowCols} FROM {s}.tasks WHERE lease_owner = $1 AND status IN (2, 6)
 			ORDER BY key FOR UPDATE`),
-		waitingTargets: s(`SELECT target FROM {s}.counts WHERE status IN (1, 3) GROUP BY target HAVING sum(n) > 0`),
+		// Targets with waiting tasks that neither the caller nor another
+		// live replica runs.
+		waitingTargets: s(`SELECT target FROM {s}.counts WHERE status IN (1, 3) GROUP BY target HAVING sum(n) > 0
+			EXCEPT SELECT unnest(targets) FROM {s}.replicas WHERE expires_at > now()`),
+		registerTargets: s(`INSERT INTO {s}.replicas (owner, targets, expires_at)
+			VALUES ($1, $2, now() + $3::int8 * interval '1 microsecond')
+			ON CONFLICT (owner) DO UPDATE SET targets = excluded.targets, expires_at = excluded.expires_at`),
+		extendReplica: s(`UPDATE {s}.replicas SET expires_at = now() + $2::int8 * interval '1 microsecond' WHERE owner = $1`),
+		dropReplica:   s(`DELETE FROM {s}.replicas WHERE owner = $1 OR expires_at < now() - interval '1 hour'`),
 		invalidate: s(`SELECT {rowCols} FROM {s}.tasks WHERE status IN (1, 3) AND target = ANY($1::text[])
 			ORDER BY key LIMIT $2 FOR UPDATE`),
 		purge: s(`WITH v AS (
