@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -27,21 +28,33 @@ import (
 // After the run a table gives each PostgreSQL figure next to bbolt's and
 // their ratio.
 
-// benchResults keeps the last figure of each benchmark (the run at the
-// final b.N) for the table.
+// benchResults keeps the figure of each benchmark's final run (at the
+// final b.N) for the table, one per repetition (-count).
 var benchResults = struct {
 	mu sync.Mutex
-	m  map[string]float64
-}{m: map[string]float64{}}
+	m  map[string][]float64
+}{m: map[string][]float64{}}
 
 func keep(b *testing.B, v float64) {
 	benchResults.mu.Lock()
-	benchResults.m[b.Name()] = v
-	benchResults.mu.Unlock()
+	defer benchResults.mu.Unlock()
+	// b.Name() is the same for every run of a benchmark; a run at a
+	// larger b.N replaces the run before it within one repetition.
+	name := b.Name()
+	runs := benchResults.m[name]
+	if b.N > 1 && len(runs) > 0 && lastN[name] < b.N {
+		runs = runs[:len(runs)-1]
+	}
+	lastN[name] = b.N
+	benchResults.m[name] = append(runs, v)
 }
 
+var lastN = map[string]int{}
+
 // printRatios prints, for every benchmark named .../postgres..., its
-// figure beside the .../bbolt one of the same parent and the ratio.
+// median beside the median of the .../bbolt one of the same parent, their
+// ratio, and the range of the ratios of the repetitions, which ran
+// interleaved (bbolt, then PostgreSQL, then bbolt again...).
 func printRatios() {
 	benchResults.mu.Lock()
 	defer benchResults.mu.Unlock()
@@ -55,16 +68,28 @@ func printRatios() {
 		return
 	}
 	slices.Sort(names)
-	fmt.Println("\nPostgreSQL against bbolt, same run (per second):")
+	fmt.Println("\nPostgreSQL against bbolt, same run (per second; medians of the repetitions):")
 	for _, name := range names {
 		parent := name[:strings.LastIndex(name, "/")]
-		base, ok := benchResults.m[parent+"/bbolt"]
-		if !ok {
+		base, pg := benchResults.m[parent+"/bbolt"], benchResults.m[name]
+		if len(base) == 0 {
 			continue
 		}
-		v := benchResults.m[name]
-		fmt.Printf("  %-52s %10.0f   bbolt %10.0f   ratio %.2f\n", name, v, base, v/base)
+		lo, hi := math.Inf(1), math.Inf(-1)
+		for i := range min(len(base), len(pg)) {
+			lo, hi = min(lo, pg[i]/base[i]), max(hi, pg[i]/base[i])
+		}
+		fmt.Printf("  %-40s %8.0f   bbolt %8.0f   ratio %.2f (%.2f to %.2f over %d)\n",
+			name, median(pg), median(base), median(pg)/median(base), lo, hi, min(len(base), len(pg)))
 	}
+}
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // benchRequest is a 1 KiB POST with the headers a curl client sends, as
