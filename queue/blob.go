@@ -11,16 +11,24 @@ import (
 )
 
 // CreateBlob implements Backend: a new 0600 file in the blob directory,
-// named by 128 random bits, never by anything a client sent.
+// named by 128 random bits, never by anything a client sent. With a
+// Sealer, the body is sealed as it is written (see sealedBlob).
 func (q *Queue) CreateBlob() (Blob, error) {
 	var r [16]byte
 	_, _ = rand.Read(r[:])
 	name := hex.EncodeToString(r[:])
+	if q.opts.Sealer != nil {
+		name += sealedBlobSuffix
+	}
 	f, err := os.OpenFile(filepath.Join(q.blobDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("queue: create blob: %w", err)
 	}
-	return &blobFile{f: f, dir: q.blobDir, name: name}, nil
+	b := &blobFile{f: f, dir: q.blobDir, name: name}
+	if q.opts.Sealer != nil {
+		return newSealedBlob(b, q.opts.Sealer), nil
+	}
+	return b, nil
 }
 
 type blobFile struct {
@@ -80,12 +88,19 @@ func (q *Queue) OpenBody(l *Lease) (io.ReadCloser, error) {
 	}
 	// The name comes from our own record; check it anyway, so that a
 	// damaged record can never reach outside the blob directory.
-	if _, err := hex.DecodeString(l.Request.Blob); err != nil || len(l.Request.Blob) != 32 {
+	sealed, ok := blobKind(l.Request.Blob)
+	if !ok {
 		return nil, fmt.Errorf("queue: body of %s: bad blob name %q", l.ID, l.Request.Blob)
+	}
+	if sealed && q.opts.Sealer == nil {
+		return nil, fmt.Errorf("queue: body of %s: blob %s is sealed and the queue has no Options.Sealer: %w", l.ID, l.Request.Blob, ErrSealed)
 	}
 	f, err := os.Open(filepath.Join(q.blobDir, l.Request.Blob))
 	if err != nil {
 		return nil, fmt.Errorf("queue: body of %s: %w", l.ID, err)
+	}
+	if sealed {
+		return openSealedBody(q.opts.Sealer, f, l)
 	}
 	return f, nil
 }

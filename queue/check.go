@@ -10,7 +10,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/task"
 )
 
@@ -69,15 +68,20 @@ func (q *Queue) Check() error {
 					report("task %s: idempotency key not mapped to it", id)
 				}
 			}
-			req, err := reqcodec.Decode(reqBytes)
+			blob, err := q.checkRequest(k, v, m, reqBytes)
 			if err != nil {
 				report("task %s: request: %v", id, err)
-			} else if req.Blob != "" {
-				if !bytes.Equal(tx.Bucket(bBlobs).Get([]byte(req.Blob)), k) {
-					report("task %s: blob %s not registered", id, req.Blob)
+			} else if blob != "" {
+				if !bytes.Equal(tx.Bucket(bBlobs).Get([]byte(blob)), k) {
+					report("task %s: blob %s not registered", id, blob)
 				}
-				if _, err := os.Stat(filepath.Join(q.blobDir, req.Blob)); err != nil {
+				if _, err := os.Stat(filepath.Join(q.blobDir, blob)); err != nil {
 					report("task %s: blob: %v", id, err)
+				}
+			}
+			if s.SealedResponse != nil && q.opts.Sealer != nil {
+				if _, err := openResponse(q.opts.Sealer, k, s.SealedResponse); err != nil {
+					report("task %s: response: %v", id, err)
 				}
 			}
 			return nil
@@ -183,6 +187,20 @@ func (q *Queue) Check() error {
 		return fmt.Errorf("queue: check %s: %w", q.path, errors.Join(problems...))
 	}
 	return nil
+}
+
+// checkRequest checks that a record's request decodes and returns its blob
+// name. A sealed request is opened when the queue has a Sealer; without
+// one, only the plain blob name beside it is checked.
+func (q *Queue) checkRequest(key, rec []byte, m *jobMeta, rest []byte) (string, error) {
+	if m.sealed && q.opts.Sealer == nil {
+		return recordBlob(m, rest)
+	}
+	req, err := openRequest(q.opts.Sealer, key, rec, m, rest)
+	if err != nil {
+		return "", err
+	}
+	return req.Blob, nil
 }
 
 func checkBolt(tx *bolt.Tx) error {

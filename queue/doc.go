@@ -27,6 +27,32 @@
 // listings and queue depth without scanning. Bodies above
 // Options.InlineBodyLimit live in blob files beside the database.
 //
+// # Encryption at rest
+//
+// Options.Sealer, when set, encrypts what the queue stores that came from a
+// client or a handler: the request of each task (method, URL, headers,
+// inline body and captured values, as one sealed part of the job record),
+// its blob body, and the response of its latest attempt. [NewAESGCM] makes
+// one with AES-256-GCM under keys the application supplies; its output
+// names the key ID, so rotating (a new current key, the old ones kept for
+// opening) leaves every record readable. Sealed data is bound to its task
+// key (a blob segment to its blob and place), so it cannot be moved to
+// another record unnoticed; what fails to open wraps [ErrSealed].
+//
+// What the queue itself works with stays plain: the job record's head
+// (caller ID, target, times, idempotency key, blob name), statuses, events,
+// errors, progress, logs and delivery history. A database may hold both
+// kinds of record: one written before a Sealer was set is read as before,
+// and one sealed, read without a Sealer holding its key, is listed without
+// its request and response, and the scheduler finishes it Invalid with that
+// reason when it leases it. Sealing keeps the files' contents from whoever
+// copies them and detects changes to sealed data; it does not stop whoever
+// can write the database from adding plain records.
+//
+// Blob bodies are sealed in 64 KiB segments, so a body of any size is
+// written and read in bounded memory; a segment that is changed, moved,
+// repeated or missing fails the read.
+//
 // [Backend] is the seam that the scheduler and trigger use; a second backend
 // implements it and passes the conformance suite in queue/queuetest.
 package queue

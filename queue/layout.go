@@ -80,18 +80,26 @@ type jobMeta struct {
 	created  time.Time
 	readyAt  time.Time
 	idemKey  string
+	// sealed: the record is a sealedRecordVersion one, whose request is
+	// sealed (see seal.go); what decodeMeta returns after its head is then
+	// the blob name and the sealed request, not an encoded request.
+	sealed bool
 }
 
 const recordVersion = 1
 
 func appendRecord(dst []byte, m *jobMeta, req *reqcodec.Request) []byte {
-	dst = append(dst, recordVersion)
+	return reqcodec.Append(appendHead(dst, recordVersion, m), req)
+}
+
+// appendHead appends a job record's head: its version and the meta.
+func appendHead(dst []byte, version byte, m *jobMeta) []byte {
+	dst = append(dst, version)
 	dst = appendString(dst, m.callerID)
 	dst = appendString(dst, m.target)
 	dst = binary.AppendVarint(dst, m.created.UnixNano())
 	dst = binary.AppendVarint(dst, m.readyAt.UnixNano())
-	dst = appendString(dst, m.idemKey)
-	return reqcodec.Append(dst, req)
+	return appendString(dst, m.idemKey)
 }
 
 // recordSize bounds the length of appendRecord's output (the version, three
@@ -106,13 +114,14 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // decodeMeta decodes a job record's head and returns the encoded request
-// that follows it (sharing b's memory).
+// that follows it (sharing b's memory); for a sealed record (m.sealed),
+// what follows is the blob name and the sealed request (see openRequest).
 func decodeMeta(b []byte) (*jobMeta, []byte, error) {
-	if len(b) == 0 || b[0] != recordVersion {
+	if len(b) == 0 || (b[0] != recordVersion && b[0] != sealedRecordVersion) {
 		return nil, nil, fmt.Errorf("%w: unknown job record version", reqcodec.ErrCorrupt)
 	}
+	m := &jobMeta{sealed: b[0] == sealedRecordVersion}
 	b = b[1:]
-	m := &jobMeta{}
 	var ok bool
 	if m.callerID, b, ok = readString(b); !ok {
 		return nil, nil, errTruncated
@@ -168,6 +177,10 @@ type state struct {
 	Deliveries []task.Delivery  `json:"deliveries,omitempty"`
 	Progress   *task.Progress   `json:"progress,omitempty"`
 	Logs       []task.LogRecord `json:"logs,omitempty"`
+
+	// SealedResponse replaces Response when the queue has a Sealer: the
+	// sealed JSON of the response (see sealResponse).
+	SealedResponse []byte `json:"sealedResponse,omitempty"`
 }
 
 // initialState is the state of a task that has not changed since enqueue,

@@ -12,7 +12,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/task"
 )
 
@@ -150,9 +149,9 @@ func (o *purgeOp) apply(w *writer) error {
 		if slices.ContainsFunc(s.Deliveries, func(d task.Delivery) bool { return d.Status == task.DeliveryPending }) {
 			continue // purged once its deliveries are over, on a later pass
 		}
-		if req, err := reqcodec.Decode(reqBytes); err == nil && req.Blob != "" {
-			o.blobs = append(o.blobs, req.Blob)
-			if err := w.blobs.Delete([]byte(req.Blob)); err != nil {
+		if blob, err := recordBlob(m, reqBytes); err == nil && blob != "" {
+			o.blobs = append(o.blobs, blob)
+			if err := w.blobs.Delete([]byte(blob)); err != nil {
 				return err
 			}
 		}

@@ -36,7 +36,14 @@ func (q *Queue) Enqueue(ctx context.Context, job *Job) (Receipt, error) {
 	if m.readyAt.Before(now) {
 		m.readyAt = now
 	}
-	o.record = appendRecord(make([]byte, 0, recordSize(m, job.Request)), m, job.Request)
+	if sl := q.opts.Sealer; sl != nil {
+		var err error
+		if o.record, err = sealRecord(sl, o.key, m, job.Request); err != nil {
+			return Receipt{}, fmt.Errorf("queue: enqueue: %w", err)
+		}
+	} else {
+		o.record = appendRecord(make([]byte, 0, recordSize(m, job.Request)), m, job.Request)
+	}
 	if err := q.submit(ctx, o); err != nil {
 		return Receipt{}, err
 	}
@@ -118,7 +125,11 @@ func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []LeaseRequest) (
 			ID: c.id, Target: c.meta.target, Attempt: c.attempt, RetryBase: c.retryBase, Throttled: c.throttled,
 			CreatedAt: c.meta.created, EnqueuedAt: c.enqueuedAt, Key: c.key,
 		}
-		l.Request, l.Corrupt = reqcodec.Decode(c.request)
+		if c.sealed {
+			l.Request, l.Corrupt = openClaimed(q.opts.Sealer, c.key, c.id, c.request)
+		} else {
+			l.Request, l.Corrupt = reqcodec.Decode(c.request)
+		}
 		res.Leases = append(res.Leases, l)
 	}
 	return res, nil
@@ -132,6 +143,7 @@ type claim struct {
 	retryBase    int
 	throttled    int
 	enqueuedAt   time.Time
+	sealed       bool // request holds the whole record, opened outside the transaction
 }
 
 type leaseOp struct {
@@ -192,7 +204,9 @@ func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
 		if err := w.move(key, m, s, task.Expired, time.Time{}, s.LastError); err != nil {
 			return err
 		}
-		o.expired = append(o.expired, buildTask(key, m, s, nil, false))
+		t := buildTask(key, m, s, nil, false)
+		fillResponse(t, w.q.opts.Sealer, key, s)
+		o.expired = append(o.expired, t)
 		return nil
 	}
 	s.Attempts++
@@ -200,9 +214,13 @@ func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
 	if err := w.move(key, m, s, task.Running, time.Time{}, ""); err != nil {
 		return err
 	}
+	if m.sealed {
+		reqBytes = rec // its head is the sealed request's additional data
+	}
 	o.claimed = append(o.claimed, claim{
 		key: key, request: append([]byte(nil), reqBytes...), id: taskID(key, m), meta: m,
 		attempt: s.Attempts, retryBase: s.RetryBase, throttled: s.Throttled, enqueuedAt: s.EnqueuedAt,
+		sealed: m.sealed,
 	})
 	return nil
 }
@@ -215,6 +233,12 @@ func (q *Queue) Finish(ctx context.Context, l *Lease, out Outcome) (task.Status,
 		return "", fmt.Errorf("queue: finish %s: %w: outcome %s", l.ID, task.ErrInvalidTransition, out.Status)
 	}
 	o := &finishOp{lease: l, out: out}
+	if sl := q.opts.Sealer; sl != nil && out.Response != nil {
+		var err error
+		if o.sealedResponse, err = sealResponse(sl, l.Key, out.Response); err != nil {
+			return "", fmt.Errorf("queue: finish %s: %w", l.ID, err)
+		}
+	}
 	if err := q.submit(ctx, o); err != nil {
 		return "", err
 	}
@@ -226,6 +250,8 @@ type finishOp struct {
 	out   Outcome
 	final task.Status
 	err   error
+
+	sealedResponse []byte // out.Response sealed, when the queue has a Sealer
 }
 
 func (o *finishOp) apply(w *writer) error {
@@ -253,7 +279,10 @@ func (o *finishOp) apply(w *writer) error {
 		s.LastError = out.Error
 	}
 	if out.Response != nil {
-		s.Response = out.Response
+		s.Response, s.SealedResponse = out.Response, nil
+		if o.sealedResponse != nil {
+			s.Response, s.SealedResponse = nil, o.sealedResponse
+		}
 	}
 	out.Report.apply(s)
 	readyAt := out.ReadyAt

@@ -43,6 +43,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock. If nil, time.Now. Tests set it.
 	Now func() time.Time
+	// Sealer encrypts at rest what is stored of each request (method, URL,
+	// headers, body, captured values), its blob body, and the response of
+	// its latest attempt; see NewAESGCM. Records stored before it was set
+	// are still read; sealed ones need a Sealer holding their key. If nil,
+	// nothing is encrypted.
+	Sealer Sealer
 }
 
 // Queue is the bbolt backend. It implements Backend and task.Store.

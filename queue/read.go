@@ -12,7 +12,6 @@ import (
 	"github.com/oklog/ulid/v2"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/task"
 )
 
@@ -29,14 +28,17 @@ func (q *Queue) GetTask(ctx context.Context, id string) (*task.Task, error) {
 			return fmt.Errorf("queue: %s: %w", id, task.ErrNotFound)
 		}
 		var err error
-		t, err = readTask(tx, key, true)
+		t, err = readTask(tx, q.opts.Sealer, key, true)
 		return err
 	})
 	return t, err
 }
 
-func readTask(tx *bolt.Tx, key []byte, withBody bool) (*task.Task, error) {
-	m, reqBytes, err := decodeMeta(tx.Bucket(bTasks).Get(key))
+// readTask reads the task stored under key, opening its sealed parts with
+// sl.
+func readTask(tx *bolt.Tx, sl Sealer, key []byte, withBody bool) (*task.Task, error) {
+	rec := tx.Bucket(bTasks).Get(key)
+	m, reqBytes, err := decodeMeta(rec)
 	if err != nil {
 		return nil, fmt.Errorf("queue: task %s: %w", ulidString(key), err)
 	}
@@ -44,12 +46,15 @@ func readTask(tx *bolt.Tx, key []byte, withBody bool) (*task.Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	req, err := reqcodec.Decode(reqBytes)
+	req, err := openRequest(sl, key, rec, m, reqBytes)
 	if err != nil {
-		// Still show the task: its status says Invalid once a lease finds it.
+		// Still show the task: its status says Invalid once a lease finds
+		// it (a sealed request without its key, too).
 		req = nil
 	}
-	return buildTask(key, m, s, req, withBody), nil
+	t := buildTask(key, m, s, req, withBody)
+	fillResponse(t, sl, key, s)
+	return t, nil
 }
 
 // keyRange is [lo, hi) in key16 space; nil hi is unbounded.
@@ -176,7 +181,7 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 	page := &task.Page{Tasks: []*task.Task{}}
 	err = q.db.View(func(tx *bolt.Tx) error {
 		if callerWalk {
-			return listCallerIDs(ctx, tx, f, r, cur, desc, page)
+			return listCallerIDs(ctx, tx, q.opts.Sealer, f, r, cur, desc, page)
 		}
 		if cur != nil {
 			if cur.kind != 'k' {
@@ -190,7 +195,7 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 				r.lo = next
 			}
 		}
-		return listKeys(ctx, tx, f, sources(tx, f, r, desc), desc, page)
+		return listKeys(ctx, tx, q.opts.Sealer, f, sources(tx, f, r, desc), desc, page)
 	})
 	if err != nil {
 		return nil, err
@@ -236,7 +241,7 @@ func sources(tx *bolt.Tx, f task.Filter, r keyRange, desc bool) []*source {
 	return out
 }
 
-func listKeys(ctx context.Context, tx *bolt.Tx, f task.Filter, srcs []*source, desc bool, page *task.Page) error {
+func listKeys(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, srcs []*source, desc bool, page *task.Page) error {
 	for _, s := range srcs {
 		s.first()
 	}
@@ -263,7 +268,7 @@ func listKeys(ctx context.Context, tx *bolt.Tx, f task.Filter, srcs []*source, d
 		}
 		key := bytes.Clone(best.key)
 		best.next()
-		t, err := readTask(tx, key, false)
+		t, err := readTask(tx, sl, key, false)
 		if err != nil {
 			return err
 		}
@@ -280,7 +285,7 @@ func listKeys(ctx context.Context, tx *bolt.Tx, f task.Filter, srcs []*source, d
 
 // listCallerIDs serves an ID prefix of the caller-chosen kind: it walks the
 // caller-ID index in ID order from the prefix.
-func listCallerIDs(ctx context.Context, tx *bolt.Tx, f task.Filter, r keyRange, cur *cursor, desc bool, page *task.Page) error {
+func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r keyRange, cur *cursor, desc bool, page *task.Page) error {
 	if cur != nil && cur.kind != 'c' {
 		return fmt.Errorf("%w: cursor from another listing", task.ErrInvalidFilter)
 	}
@@ -316,7 +321,7 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, f task.Filter, r keyRange, 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		t, err := readTask(tx, bytes.Clone(key), false)
+		t, err := readTask(tx, sl, bytes.Clone(key), false)
 		if err != nil {
 			return err
 		}
