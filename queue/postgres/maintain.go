@@ -32,7 +32,9 @@ func (q *Queue) heartbeatLoop() {
 		if q.paused.Load() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(q.life, q.opts.HeartbeatInterval)
+		// A slow heartbeat may take up to half the lease's life; ticks
+		// missed meanwhile are dropped.
+		ctx, cancel := context.WithTimeout(q.life, q.opts.LeaseTimeout/2)
 		if err := q.heartbeat(ctx); err != nil && q.life.Err() == nil {
 			q.log.Warn("offload postgres: heartbeat failed", "err", err)
 		}
@@ -217,8 +219,9 @@ func (q *Queue) purgeLoop() {
 }
 
 // Purge deletes tasks that finished longer than Options.Retention ago
-// (once their deliveries are over), with their bodies, and bodies of
-// uploads abandoned longer than Options.BlobGrace ago, in small
+// (once their deliveries are over), with their bodies, bodies of uploads
+// abandoned longer than Options.BlobGrace ago, and records of replicas
+// gone for an hour, in small
 // transactions, and returns how many tasks it deleted. Unfinished tasks
 // are never purged. Every replica runs it each Options.PurgeInterval; they
 // skip one another's rows.
@@ -238,6 +241,9 @@ func (q *Queue) Purge(ctx context.Context) (int, error) {
 	}
 	if _, err := q.pool.Exec(ctx, q.sql.sweepBlobs, q.opts.BlobGrace.Microseconds()); err != nil {
 		return total, fmt.Errorf("postgres: purge: sweep blobs: %w", err)
+	}
+	if _, err := q.pool.Exec(ctx, q.sql.sweepReplicas); err != nil {
+		return total, fmt.Errorf("postgres: purge: sweep replicas: %w", err)
 	}
 	return total, nil
 }

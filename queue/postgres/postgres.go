@@ -119,6 +119,10 @@ type Queue struct {
 	commits  atomic.Int64 // committer transactions, for benchmarks
 	paused   atomic.Bool  // heartbeats skipped, as by a stalled process (tests)
 
+	noticeMu   sync.Mutex // guards notices
+	notices    []queue.Notice
+	noticeKick chan struct{}
+
 	mu           sync.Mutex // guards everything below
 	pending      *batch
 	closed       bool
@@ -176,19 +180,20 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
 	q := &Queue{
-		pool:     pool,
-		connCfg:  cfg.ConnConfig.Copy(),
-		opts:     o,
-		log:      o.Logger,
-		schema:   o.Schema,
-		channel:  "offload." + o.Schema,
-		sql:      newStatements(pgx.Identifier{o.Schema}.Sanitize()),
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		reapNow:  make(chan struct{}, 1),
-		pending:  newBatch(),
-		held:     make(map[[16]byte]heldLease),
-		ownerHex: "",
+		pool:       pool,
+		connCfg:    cfg.ConnConfig.Copy(),
+		opts:       o,
+		log:        o.Logger,
+		schema:     o.Schema,
+		channel:    "offload." + o.Schema,
+		sql:        newStatements(pgx.Identifier{o.Schema}.Sanitize()),
+		kick:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		reapNow:    make(chan struct{}, 1),
+		noticeKick: make(chan struct{}, 1),
+		pending:    newBatch(),
+		held:       make(map[[16]byte]heldLease),
+		ownerHex:   "",
 	}
 	_, _ = rand.Read(q.owner[:])
 	q.ownerHex = hex.EncodeToString(q.owner[:])
@@ -197,15 +202,18 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 
 	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error { return migrate(ctx, c.Conn(), o.Schema) })
 	if err != nil {
+		q.kill()
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open: migrate schema %s: %w", o.Schema, err)
 	}
 	ln, err := q.listen(ctx)
 	if err != nil {
+		q.kill()
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open: listen: %w", err)
 	}
-	q.wg.Add(4)
+	q.wg.Add(5)
+	go q.noticeLoop()
 	go q.listenLoop(ln)
 	go q.heartbeatLoop()
 	go q.reapLoop()
@@ -292,18 +300,44 @@ func (q *Queue) Subscribe(fn func(queue.Notice)) func() {
 	}
 }
 
+// deliver queues notices for the subscriber. They are passed on by one
+// goroutine of the queue's (noticeLoop), in the order queued, so that the
+// subscriber never runs on a caller's goroutine (one that may hold its
+// own locks around a Lease, say) and never twice at once.
 func (q *Queue) deliver(notices []queue.Notice) {
 	if len(notices) == 0 {
 		return
 	}
-	q.mu.Lock()
-	fn := q.subscriber
-	q.mu.Unlock()
-	if fn == nil {
-		return
+	q.noticeMu.Lock()
+	q.notices = append(q.notices, notices...)
+	q.noticeMu.Unlock()
+	select {
+	case q.noticeKick <- struct{}{}:
+	default:
 	}
-	for _, n := range notices {
-		fn(n)
+}
+
+func (q *Queue) noticeLoop() {
+	defer q.wg.Done()
+	for {
+		select {
+		case <-q.noticeKick:
+		case <-q.stop:
+			return
+		}
+		q.noticeMu.Lock()
+		batch := q.notices
+		q.notices = nil
+		q.noticeMu.Unlock()
+		q.mu.Lock()
+		fn := q.subscriber
+		q.mu.Unlock()
+		if fn == nil {
+			continue
+		}
+		for _, n := range batch {
+			fn(n)
+		}
 	}
 }
 

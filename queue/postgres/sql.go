@@ -36,7 +36,7 @@ type statements struct {
 	reap, nextExpiry, abandon              string
 	waitingTargets, invalidate             string
 	registerTargets, extendReplica         string
-	dropReplica                            string
+	dropReplica, sweepReplicas             string
 	purge, deleteBlobs, sweepBlobs         string
 
 	getByKey, getByID string
@@ -149,6 +149,7 @@ func newStatements(schema string) statements {
 			ON CONFLICT (owner) DO UPDATE SET targets = excluded.targets, expires_at = excluded.expires_at`),
 		extendReplica: s(`UPDATE {s}.replicas SET expires_at = now() + $2::int8 * interval '1 microsecond' WHERE owner = $1`),
 		dropReplica:   s(`DELETE FROM {s}.replicas WHERE owner = $1 OR expires_at < now() - interval '1 hour'`),
+		sweepReplicas: s(`DELETE FROM {s}.replicas WHERE expires_at < now() - interval '1 hour'`),
 		invalidate: s(`SELECT {rowCols} FROM {s}.tasks WHERE status IN (1, 3) AND target = ANY($1::text[])
 			ORDER BY key LIMIT $2 FOR UPDATE`),
 		purge: s(`WITH v AS (
