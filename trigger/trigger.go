@@ -179,9 +179,9 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 			return true, true, true
 		}
 		return false, false, true
-	case strings.EqualFold(v, "Sync"):
+	case equalFoldASCII(v, "Sync"):
 		return false, false, true
-	case strings.EqualFold(v, "Async"):
+	case equalFoldASCII(v, "Async"):
 		return true, prefersAsync(r.Header.Values("Prefer")), true
 	default:
 		writeError(w, http.StatusBadRequest, CodeInvalidInvocationType,
@@ -200,12 +200,35 @@ func prefersAsync(values []string) bool {
 			pref, v = nextElement(v)
 			name, _, _ := strings.Cut(pref, ";")
 			name, _, _ = strings.Cut(name, "=")
-			if strings.EqualFold(strings.TrimSpace(name), "respond-async") {
+			if equalFoldASCII(strings.TrimSpace(name), "respond-async") {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// equalFoldASCII reports whether s and t are equal under ASCII case
+// folding only. Header tokens are ASCII: strings.EqualFold would also take
+// Unicode lookalikes, such as "A\u017fync" (a long s) for "Async", which a
+// proxy in front of us would not read as the same word.
+func equalFoldASCII(s, t string) bool {
+	if len(s) != len(t) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		a, b := s[i], t[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
 }
 
 // nextElement splits the first element off a comma-separated header
