@@ -575,3 +575,66 @@ func TestBlobChunks(t *testing.T) {
 		t.Error("Remove deleted the body of a task")
 	}
 }
+
+// Strings that handlers and clients write (errors, logs, progress,
+// headers, idempotency keys, reasons) may hold NUL and invalid UTF-8,
+// which text and jsonb refuse: they are stored, cleaned, without failing
+// the batch that carries other tasks' writes; idempotency keys stay exact.
+func TestHostileStrings(t *testing.T) {
+	t.Parallel()
+	q := openQueue(t, nil)
+	q.SetDestinations("h", false, true)
+	const bad = "a\x00b\xffc\xfe"
+	k1 := job("h")
+	k1.IdempotencyKey, k1.Fingerprint = "key\x00\xff", [32]byte{1}
+	r1, err := q.Enqueue(ctx, k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2 := job("h")
+	k2.IdempotencyKey, k2.Fingerprint = "key\x00\xfe", [32]byte{2} // cleans to the same text; a different key
+	if r2, err := q.Enqueue(ctx, k2); err != nil || r2.Replayed || r2.ID == r1.ID {
+		t.Fatalf("a different key: %+v, %v", r2, err)
+	}
+	if r, err := q.Enqueue(ctx, k1); err != nil || !r.Replayed || r.ID != r1.ID {
+		t.Fatalf("the same key again: %+v, %v", r, err)
+	}
+	ls := leaseAll(t, q, "h")
+	if len(ls) != 2 {
+		t.Fatalf("leased %d", len(ls))
+	}
+	// One batch-mate writes hostile strings everywhere; the other is plain.
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := q.Report(ctx, ls[0], &queue.Report{Progress: &task.Progress{Percent: 5, Message: bad},
+			Logs: []task.LogRecord{{Time: time.Now(), Level: bad, Message: bad}}}); err != nil {
+			t.Errorf("Report: %v", err)
+		}
+		_, err := q.Finish(ctx, ls[0], queue.Outcome{Status: task.Failed, Error: bad, Detail: bad,
+			Response: &task.Response{StatusCode: 500, Header: http.Header{"X-" + bad: {bad}}, Body: []byte(bad), BodySize: int64(len(bad))}})
+		if err != nil {
+			t.Errorf("Finish: %v", err)
+		}
+	})
+	wg.Go(func() {
+		if _, err := q.Finish(ctx, ls[1], queue.Outcome{Status: task.Succeeded}); err != nil {
+			t.Errorf("plain Finish: %v", err)
+		}
+	})
+	wg.Wait()
+	tk := status(t, q, ls[0].ID)
+	if tk.Status != task.Failed || tk.LastError != "a\uFFFDb\uFFFDc\uFFFD" || string(tk.Response.Body) != bad ||
+		tk.Logs[0].Message != tk.LastError || tk.Progress.Message != tk.LastError {
+		t.Errorf("stored %+v", tk)
+	}
+	d, _, err := q.PendingDeliveries(ctx, time.Now(), 10, func(string) bool { return false })
+	if err != nil || len(d) != 1 {
+		t.Fatalf("deliveries %+v, %v", d, err)
+	}
+	if err := q.FinishDelivery(ctx, d[0], queue.DeliveryResult{Error: bad}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.RetryTask(ctx, ls[0].ID, bad); err != nil {
+		t.Fatal(err)
+	}
+}

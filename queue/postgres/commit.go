@@ -197,14 +197,15 @@ func newPreread() *preread {
 // queueExisting queues the look-up of the caller IDs and idempotency keys
 // of ops.
 func (q *Queue) queueExisting(b *pgx.Batch, ops []*enqueueOp, pre *preread) {
-	var cids, idemTargets, idemKeys []string
+	var cids, idemTargets []string
+	var idemKeys [][]byte
 	for _, o := range ops {
 		if o.job.ID != "" {
 			cids = append(cids, o.job.ID)
 		}
 		if o.job.IdempotencyKey != "" {
 			idemTargets = append(idemTargets, o.job.Target)
-			idemKeys = append(idemKeys, o.job.IdempotencyKey)
+			idemKeys = append(idemKeys, []byte(o.job.IdempotencyKey))
 		}
 	}
 	if len(cids) == 0 && len(idemKeys) == 0 {
@@ -213,10 +214,10 @@ func (q *Queue) queueExisting(b *pgx.Batch, ops []*enqueueOp, pre *preread) {
 	b.Queue(q.sql.existing, cids, idemTargets, idemKeys).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
-				key               [16]byte
-				cid, target, idem *string
-				fp                []byte
-				e                 existingTask
+				key         [16]byte
+				cid, target *string
+				idem, fp    []byte
+				e           existingTask
 			)
 			if err := rows.Scan(&key, &cid, &target, &idem, &fp); err != nil {
 				return err
@@ -227,7 +228,7 @@ func (q *Queue) queueExisting(b *pgx.Batch, ops []*enqueueOp, pre *preread) {
 				pre.cids[*cid] = e
 			}
 			if idem != nil && target != nil {
-				pre.idem[idemKey{*target, *idem}] = e
+				pre.idem[idemKey{*target, string(idem)}] = e
 			}
 		}
 		return rows.Err()
@@ -380,7 +381,8 @@ func (q *Queue) commitBatch(ctx context.Context, ops []op) ([]queue.Notice, erro
 func insertArgs(ops []*enqueueOp) []any {
 	n := len(ops)
 	keys := make([][16]byte, n)
-	cids, targets, idems, blobs := make([]*string, n), make([]string, n), make([]*string, n), make([]*string, n)
+	cids, targets, blobs := make([]*string, n), make([]string, n), make([]*string, n)
+	idems := make([][]byte, n)
 	created, ready := make([]time.Time, n), make([]time.Time, n)
 	fps, heads, bodies := make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	for i, o := range ops {
@@ -390,7 +392,7 @@ func insertArgs(ops []*enqueueOp) []any {
 			cids[i] = &j.ID
 		}
 		if j.IdempotencyKey != "" {
-			idems[i] = &j.IdempotencyKey
+			idems[i] = []byte(j.IdempotencyKey)
 			fps[i] = j.Fingerprint[:]
 		}
 		if j.Request.Blob != "" {
@@ -533,17 +535,17 @@ func (t *txn) finish(o *finishOp) {
 		r.throttled++
 	}
 	if out.Error != "" || to == task.Succeeded {
-		r.lastError = out.Error
+		r.lastError = clean(out.Error)
 	}
 	if out.Response != nil {
-		r.response = out.Response
+		r.response = cleanResponse(out.Response)
 	}
 	applyReport(r, out.Report)
 	readyAt := out.ReadyAt.UTC().Truncate(time.Microsecond)
 	if readyAt.Before(t.now) {
 		readyAt = t.now
 	}
-	t.move(r, to, readyAt, detail)
+	t.move(r, to, readyAt, clean(detail))
 	o.final = to
 }
 
@@ -551,12 +553,13 @@ func applyReport(r *row, rep *queue.Report) {
 	if rep == nil {
 		return
 	}
-	if rep.Progress != nil {
-		r.progress = rep.Progress
+	if p := rep.Progress; p != nil {
+		r.progress = &task.Progress{Percent: p.Percent, Message: clean(p.Message), UpdatedAt: p.UpdatedAt}
 		r.dirty = true
 	}
-	if len(rep.Logs) > 0 {
-		r.addLogs = append(r.addLogs, rep.Logs...)
+	for _, l := range rep.Logs {
+		l.Level, l.Message = clean(l.Level), clean(l.Message)
+		r.addLogs = append(r.addLogs, l)
 		r.dirty = true
 	}
 }
@@ -576,6 +579,7 @@ func (t *txn) finishDelivery(o *deliveryOp, pre *preread) {
 	}
 	delete(pre.outbox, o.id)
 	tries := o.d.Tries + 1
+	o.res.Error = clean(o.res.Error)
 	status := task.DeliveryDelivered
 	switch {
 	case o.res.Error != "" && !o.res.RetryAt.IsZero():

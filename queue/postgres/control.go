@@ -46,7 +46,7 @@ func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, e
 		r.throttled = 0 // counted since RetryBase
 		r.enqueuedAt = t.now
 		r.lastError = ""
-		t.move(r, task.Enqueued, t.now, reason)
+		t.move(r, task.Enqueued, t.now, clean(reason))
 		return nil
 	})
 	if err != nil {

@@ -4,8 +4,11 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -156,6 +159,34 @@ func decodeEvents(b []byte, created time.Time) ([]task.Event, error) {
 		return nil, fmt.Errorf("events: %w", err)
 	}
 	return ev, nil
+}
+
+// clean makes s storable in text and jsonb, which refuse NUL (jsonb's
+// \u0000 too) and, as text, invalid UTF-8: both become U+FFFD, as
+// encoding/json does with invalid UTF-8. Strings that handlers and clients
+// write (errors, logs, progress, headers, reasons) pass through it, so that
+// one odd string cannot fail the transaction that carries other tasks'
+// writes.
+func clean(s string) string {
+	if utf8.ValidString(s) && !strings.Contains(s, "\x00") {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+func cleanResponse(r *task.Response) *task.Response {
+	c := *r
+	if len(r.Header) > 0 {
+		c.Header = make(http.Header, len(r.Header))
+		for k, vs := range r.Header {
+			cvs := make([]string, len(vs))
+			for i, v := range vs {
+				cvs[i] = clean(v)
+			}
+			c.Header[clean(k)] = cvs
+		}
+	}
+	return &c
 }
 
 func ts(t pgtype.Timestamptz) time.Time {

@@ -41,7 +41,7 @@ CREATE TABLE {s}.tasks (
 	finished_at      timestamptz,               -- set while terminal
 	lease_owner      uuid,                      -- the replica running the attempt
 	lease_expires_at timestamptz,               -- by the database clock; extended by heartbeats
-	idem_key         text COLLATE "C",
+	idem_key         bytea,                     -- exact bytes: a header may hold any
 	fingerprint      bytea,
 	blob             text,                      -- the large body's blob, if any
 	request          bytea NOT NULL,            -- the request without its body (internal/reqcodec)

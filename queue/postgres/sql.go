@@ -54,7 +54,7 @@ func newStatements(schema string) statements {
 			idem_key, fingerprint, blob, request, body)
 		SELECT u.key, u.caller_id, u.target, 1, u.created_at, u.created_at, u.ready_at,
 			u.idem_key, u.fingerprint, u.blob, u.request, u.body
-		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[],
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[],
 			$7::bytea[], $8::text[], $9::bytea[], $10::bytea[])
 			AS u(key, caller_id, target, created_at, ready_at, idem_key, fingerprint, blob, request, body)`
 	return statements{
@@ -66,7 +66,7 @@ func newStatements(schema string) statements {
 		existing: s(`SELECT key, caller_id, target, idem_key, fingerprint FROM {s}.tasks WHERE caller_id = ANY($1::text[])
 			UNION
 			SELECT t.key, t.caller_id, t.target, t.idem_key, t.fingerprint
-			FROM {s}.tasks t JOIN unnest($2::text[], $3::text[]) AS u(target, idem)
+			FROM {s}.tasks t JOIN unnest($2::text[], $3::bytea[]) AS u(target, idem)
 				ON t.target = u.target AND t.idem_key = u.idem
 			WHERE t.idem_key IS NOT NULL`),
 		lockRows:   s(`SELECT {rowCols} FROM {s}.tasks WHERE key = ANY($1::uuid[]) ORDER BY key FOR UPDATE`),
