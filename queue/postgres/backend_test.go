@@ -638,3 +638,26 @@ func TestHostileStrings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A database that stops answering fails writes within Options.Timeout
+// (the trigger answers 503) instead of hanging them; then they go through.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	q := openQueue(t, &postgres.Options{Timeout: 500 * time.Millisecond})
+	tx, err := admin.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{q.Schema(), "tasks"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = q.Enqueue(ctx, job("stuck"))
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("Enqueue against a locked table: %v after %s; want an error within the timeout", err, time.Since(start))
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustEnqueue(t, q, job("stuck"))
+}

@@ -134,7 +134,7 @@ func (q *Queue) reapLoop() {
 
 func (q *Queue) reapExpired() error {
 	for {
-		ctx, cancel := context.WithTimeout(q.life, 30*time.Second)
+		ctx, cancel := context.WithTimeout(q.life, q.opts.Timeout)
 		n, err := q.reclaim(ctx, q.sql.reap, []any{reapBatch}, "lease expired")
 		cancel()
 		if err != nil || n < reapBatch {
@@ -226,11 +226,11 @@ func (q *Queue) purgeLoop() {
 // are never purged. Every replica runs it each Options.PurgeInterval; they
 // skip one another's rows.
 func (q *Queue) Purge(ctx context.Context) (int, error) {
-	ctx, cancel := q.bind(ctx)
-	defer cancel()
 	total := 0
 	for {
-		n, err := q.purgeSome(ctx)
+		bctx, cancel := q.bind(ctx)
+		n, err := q.purgeSome(bctx)
+		cancel()
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("postgres: purge: %w", err)
@@ -239,6 +239,8 @@ func (q *Queue) Purge(ctx context.Context) (int, error) {
 			break
 		}
 	}
+	ctx, cancel := q.bind(ctx)
+	defer cancel()
 	if _, err := q.pool.Exec(ctx, q.sql.sweepBlobs, q.opts.BlobGrace.Microseconds()); err != nil {
 		return total, fmt.Errorf("postgres: purge: sweep blobs: %w", err)
 	}

@@ -33,9 +33,11 @@ const (
 	// DefaultBlobGrace is how long a blob that no task names is kept after
 	// its last write before it is removed as an abandoned upload.
 	DefaultBlobGrace = time.Hour
-	purgeBatch       = 500
-	reapBatch        = 100
-	maxBatchTries    = 4
+	// DefaultTimeout bounds one database operation.
+	DefaultTimeout = 30 * time.Second
+	purgeBatch     = 500
+	reapBatch      = 100
+	maxBatchTries  = 4
 )
 
 // Options configures Open. A nil *Options means all defaults.
@@ -67,6 +69,10 @@ type Options struct {
 	// BlobGrace is how long an abandoned upload's chunks are kept.
 	// Defaults to DefaultBlobGrace.
 	BlobGrace time.Duration
+	// Timeout bounds each database operation (a transaction, a read), so
+	// that a database that stops answering fails writes (a 503 at the
+	// trigger) instead of hanging them. Defaults to DefaultTimeout.
+	Timeout time.Duration
 	// Logger receives the queue's own events. If nil, slog.Default().
 	Logger *slog.Logger
 	// Now is the clock of task times. If nil, time.Now. Lease expiry uses
@@ -78,7 +84,7 @@ func (o *Options) validate() error {
 	if o.Schema == "" || len(o.Schema) > 48 {
 		return fmt.Errorf("schema name must be 1..48 bytes")
 	}
-	if o.LeaseTimeout < 0 || o.HeartbeatInterval < 0 || o.Retention < 0 || o.PurgeInterval < 0 || o.BlobChunkSize < 0 || o.BlobGrace < 0 {
+	if o.LeaseTimeout < 0 || o.HeartbeatInterval < 0 || o.Retention < 0 || o.PurgeInterval < 0 || o.BlobChunkSize < 0 || o.BlobGrace < 0 || o.Timeout < 0 {
 		return fmt.Errorf("negative option")
 	}
 	if o.LeaseTimeout < 100*time.Millisecond {
@@ -157,6 +163,7 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 	o.PurgeInterval = cmp.Or(o.PurgeInterval, DefaultPurgeInterval)
 	o.BlobChunkSize = cmp.Or(o.BlobChunkSize, DefaultBlobChunkSize)
 	o.BlobGrace = cmp.Or(o.BlobGrace, DefaultBlobGrace)
+	o.Timeout = cmp.Or(o.Timeout, DefaultTimeout)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -271,11 +278,13 @@ func (q *Queue) crash() {
 	})
 }
 
-// bind returns ctx cut short when the queue's life ends.
+// bind returns ctx bounded by Options.Timeout and cut short when the
+// queue's life ends.
 func (q *Queue) bind(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, q.opts.Timeout)
 	stop := context.AfterFunc(q.life, func() { cancel(task.ErrClosed) })
-	return ctx, func() { stop(); cancel(nil) }
+	return ctx, func() { stop(); cancelTimeout(); cancel(nil) }
 }
 
 // Schema returns the name of the schema that holds the queue.
@@ -459,7 +468,9 @@ func (q *Queue) commitPending() {
 		for _, o := range b.ops {
 			o.reset()
 		}
-		notices, err = q.commitBatch(q.life, b.ops)
+		ctx, cancel := context.WithTimeout(q.life, q.opts.Timeout)
+		notices, err = q.commitBatch(ctx, b.ops)
+		cancel()
 		q.commits.Add(1)
 		if err == nil || !retryable(err) || try == maxBatchTries {
 			break
