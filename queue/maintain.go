@@ -54,6 +54,9 @@ func (q *Queue) init() error {
 	if err := os.MkdirAll(q.blobDir, 0o700); err != nil {
 		return err
 	}
+	if err := os.Chmod(q.blobDir, 0o700); err != nil { // one made earlier, by hand, may be looser
+		return err
+	}
 	return q.sweepBlobs()
 }
 

@@ -13,13 +13,13 @@ import (
 )
 
 // defaultRedacted are request headers that the task API never shows.
-var defaultRedacted = []string{"Authorization", "Cookie", "Proxy-Authorization"}
+var defaultRedacted = []string{"Authorization", "Cookie", "Proxy-Authorization", "Set-Cookie"}
 
 // APIOptions configures TaskAPI. A nil *APIOptions means all defaults.
 type APIOptions struct {
-	// RedactHeaders names request headers to hide in the API's output, on
-	// top of Authorization, Cookie and Proxy-Authorization, which are
-	// always hidden.
+	// RedactHeaders names headers to hide in the API's output, on top of
+	// Authorization, Cookie, Proxy-Authorization and (in stored responses)
+	// Set-Cookie, which are always hidden.
 	RedactHeaders []string
 	// Authorize, if not nil, runs before every API call with the action
 	// ("get", "list", "counts", "stop" or "retry") and the task ID (empty
@@ -294,7 +294,7 @@ func (a *api) view(t *task.Task, withPayload bool) taskView {
 	if res := t.Response; res != nil {
 		v.Response = &responseView{
 			StatusCode: res.StatusCode,
-			Headers:    res.Header,
+			Headers:    a.redacted(res.Header),
 			BodySize:   res.BodySize,
 			Truncated:  res.BodySize > int64(len(res.Body)),
 		}

@@ -553,8 +553,9 @@ func TestAPIHidesSecrets(t *testing.T) {
 		if !bytes.Contains(res.body, []byte(`"X-Visible":["shown"]`)) {
 			t.Errorf("%s hides a header that is not secret: %s", name, res.body)
 		}
-		if n := bytes.Count(res.body, []byte("[redacted]")); n == 0 || n%len(secrets) != 0 {
-			t.Errorf("%s: %d redacted values, want %d per task", name, n, len(secrets))
+		// At least the request's secrets; a stored response's headers are redacted too.
+		if n := bytes.Count(res.body, []byte("[redacted]")); n < len(secrets) {
+			t.Errorf("%s: %d redacted values, want at least %d", name, n, len(secrets))
 		}
 	}
 }

@@ -89,7 +89,8 @@ func FuzzAsyncHeaders(f *testing.F) {
 
 		// What the server read: net/http trims the values' outer spaces.
 		typ := strings.Trim(invocationType, " \t")
-		sync := strings.EqualFold(typ, "sync") || (typ == "" && !strings.Contains(strings.ToLower(prefer), "respond-async"))
+		// ASCII case folding only, as the middleware does: "ſync" is not "sync".
+		sync := strings.ToLower(typ) == "sync" && isASCII(typ) || (typ == "" && !strings.Contains(strings.ToLower(prefer), "respond-async"))
 		maybeSync := typ == "" // Prefer may or may not name respond-async as a preference
 		if got.header.Get("X-Handler") == "ran" {
 			if !sync && !maybeSync {
@@ -160,4 +161,13 @@ func fuzzBundle(f *testing.F, opts *trigger.Options) *testBundle {
 	b.srv = newTestServer(f, mux)
 	b.client = b.srv.Client()
 	return b
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
