@@ -200,7 +200,6 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 		noticeKick: make(chan struct{}, 1),
 		pending:    newBatch(),
 		held:       make(map[[16]byte]heldLease),
-		ownerHex:   "",
 	}
 	_, _ = rand.Read(q.owner[:])
 	q.ownerHex = hex.EncodeToString(q.owner[:])
