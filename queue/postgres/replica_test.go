@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/offload-go/offload/destination"
 	"github.com/offload-go/offload/invoke"
 	"github.com/offload-go/offload/queue/postgres"
 	"github.com/offload-go/offload/task"
@@ -143,11 +144,13 @@ func allDone(t *testing.T, q task.Store, ids []string, want task.Status) bool {
 }
 
 // Three replicas on one database, a burst of async requests to all of
-// them: every task runs exactly once, wherever it was accepted.
+// them: every task runs exactly once, wherever it was accepted, and its
+// success record is delivered once, by one of the replicas.
 func TestReplicasRunEachTaskOnce(t *testing.T) {
 	t.Parallel()
 	schema := newSchema(t)
 	rs := newRuns()
+	delivered := newRuns()
 	var replicas []*replica
 	for _, name := range []string{"a", "b", "c"} {
 		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -155,7 +158,11 @@ func TestReplicasRunEachTaskOnce(t *testing.T) {
 			rs.record(a.ID, name)
 			time.Sleep(time.Millisecond) // some work, so that all three get some
 		})
-		replicas = append(replicas, startReplica(t, schema, name, nil, nil, h, &invoke.Policy{Concurrency: 8}))
+		onSuccess := destination.Func(func(_ context.Context, rec destination.Record) error {
+			delivered.record(rec.RequestContext.RequestID, name)
+			return nil
+		})
+		replicas = append(replicas, startReplica(t, schema, name, nil, nil, h, &invoke.Policy{Concurrency: 8, OnSuccess: onSuccess}))
 	}
 	const n = 300
 	ids := make([]string, n)
@@ -169,6 +176,7 @@ func TestReplicasRunEachTaskOnce(t *testing.T) {
 	}
 	rs.waitFor(t, "every task run", 60*time.Second, func() bool { return rs.total.Load() >= n })
 	rs.waitFor(t, "every task Succeeded", 30*time.Second, func() bool { return allDone(t, replicas[0].q, ids, task.Succeeded) })
+	delivered.waitFor(t, "every success delivered", 30*time.Second, func() bool { return delivered.total.Load() >= n })
 	// Nothing runs twice: give a stray second run the time to show.
 	time.Sleep(200 * time.Millisecond)
 	rs.mu.Lock()
@@ -185,6 +193,17 @@ func TestReplicasRunEachTaskOnce(t *testing.T) {
 		t.Errorf("%d runs of %d tasks, want %d of %d", rs.total.Load(), len(rs.by), n, n)
 	}
 	t.Logf("tasks run per replica: %v", per)
+	delivered.mu.Lock()
+	defer delivered.mu.Unlock()
+	per = map[string]int{}
+	for _, id := range ids {
+		if got := delivered.by[id]; len(got) != 1 {
+			t.Errorf("task %s delivered %d times (%v), want once", id, len(got), got)
+		} else {
+			per[got[0]]++
+		}
+	}
+	t.Logf("records delivered per replica: %v", per)
 	for _, r := range replicas {
 		counts, err := task.Counts(context.Background(), r.q)
 		if err != nil {
