@@ -40,11 +40,21 @@
 // owes a delivery sends NOTIFY on the schema's channel; each replica
 // LISTENs on its own connection and passes other replicas' notices to its
 // scheduler, so nothing polls. Its own are passed on right after commit.
+// The subscriber is always called from one goroutine of the queue's.
+//
+// Finished tasks owe their deliveries through an outbox written in the
+// same transaction; a replica claims the deliveries it sends, so each goes
+// out from one replica at a time, and a dead replica's are taken over.
+// Invalidate spares the targets that another live replica runs.
 //
 // Listings walk indexes in key (creation) order with key cursors; depth
 // counts come from a counters table kept in the same transactions, one
 // row per target, status and replica shard. Bodies too large to keep
 // inline are stored as bytea chunks, written as the upload arrives.
+// Strings that handlers and clients write are cleaned of what text and
+// jsonb refuse (NUL, invalid UTF-8), so that one odd string cannot fail
+// other tasks' writes; every operation is bounded by Options.Timeout, so
+// that a stalled server fails writes instead of hanging them.
 //
 // See README.md for running the tests and the benchmark figures.
 package postgres
