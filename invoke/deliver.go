@@ -29,27 +29,7 @@ const (
 // wakes when a delivery is written or rescheduled, a delivery slot frees,
 // or the next one falls due; it never polls.
 func (s *Scheduler) deliverLoop(ctx context.Context) {
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		next, err := s.sendDue(ctx)
-		if err != nil && ctx.Err() == nil {
-			s.log.Error("offload: reading the outbox failed; retrying in 1s", "err", err)
-			next = time.Now().Add(time.Second)
-		}
-		timer.Stop()
-		if !next.IsZero() {
-			timer.Reset(time.Until(next))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.stopping:
-			return
-		case <-s.dwake:
-		case <-timer.C:
-		}
-	}
+	s.loop(ctx, s.dwake, s.sendDue, "reading the outbox")
 }
 
 func (s *Scheduler) sendDue(ctx context.Context) (time.Time, error) {

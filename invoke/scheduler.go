@@ -339,12 +339,19 @@ func (s *Scheduler) poke() {
 // dispatch is the claim loop. It sleeps until a task may be ready, a slot
 // frees, or the earliest delayed task is due; it never polls.
 func (s *Scheduler) dispatch(ctx context.Context) {
+	s.loop(ctx, s.wake, s.claim, "leasing")
+}
+
+// loop runs step until ctx is done or the scheduler stops, sleeping between
+// runs until wake fires or the time step returned (zero: no time) comes. A
+// failing step is run again a second later.
+func (s *Scheduler) loop(ctx context.Context, wake <-chan struct{}, step func(context.Context) (time.Time, error), what string) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		next, err := s.claim(ctx)
+		next, err := step(ctx)
 		if err != nil && ctx.Err() == nil {
-			s.log.Error("offload: lease failed; retrying in 1s", "err", err)
+			s.log.Error("offload: "+what+" failed; retrying in 1s", "err", err)
 			next = time.Now().Add(time.Second)
 		}
 		timer.Stop()
@@ -356,7 +363,7 @@ func (s *Scheduler) dispatch(ctx context.Context) {
 			return
 		case <-s.stopping:
 			return
-		case <-s.wake:
+		case <-wake:
 		case <-timer.C:
 		}
 	}
