@@ -13,7 +13,16 @@ import (
 // checker, failing the test on any disagreement, then closes the queue.
 func OpenQueue(t testing.TB, opts *queue.Options) *queue.Queue {
 	t.Helper()
-	q, err := queue.Open(filepath.Join(t.TempDir(), "offload.db"), opts)
+	return OpenQueueAt(t, filepath.Join(t.TempDir(), "offload.db"), opts)
+}
+
+// OpenQueueAt is OpenQueue for a database at a chosen path: a test that
+// reopens a queue, or hands its file to another process, names the file
+// itself. On cleanup it runs the index checker, failing the test on any
+// disagreement, then closes the queue.
+func OpenQueueAt(t testing.TB, path string, opts *queue.Options) *queue.Queue {
+	t.Helper()
+	q, err := queue.Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
