@@ -264,13 +264,9 @@ func (o *finishOp) apply(w *writer) error {
 		o.err = fmt.Errorf("queue: finish %s attempt %d: %w", l.ID, l.Attempt, task.ErrLeaseLost)
 		return nil
 	}
-	to, detail := out.Status, out.Detail
-	if s.Status == task.Stopping {
-		to = task.Stopped
-		detail = joinDetail("stopped on request", fmt.Sprintf("attempt ended as %s", out.Status), out.Detail)
-	}
-	if to == task.Enqueued && s.Status == task.Running {
-		s.Attempts-- // handed back unrun: the attempt does not count
+	to, detail, uncount := out.Resolve(s.Status)
+	if uncount {
+		s.Attempts--
 	}
 	if out.Throttled {
 		s.Throttled++
@@ -294,20 +290,6 @@ func (o *finishOp) apply(w *writer) error {
 	}
 	o.final = to
 	return nil
-}
-
-func joinDetail(parts ...string) string {
-	var b []byte
-	for _, p := range parts {
-		if p == "" {
-			continue
-		}
-		if len(b) > 0 {
-			b = append(b, "; "...)
-		}
-		b = append(b, p...)
-	}
-	return string(b)
 }
 
 // StopTask implements task.Store.

@@ -3,7 +3,6 @@ package queue
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
@@ -146,7 +145,7 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 		f.Limit = task.DefaultLimit
 	}
 	desc := f.Order != task.OldestFirst
-	cur, err := parseCursor(f.Cursor)
+	cur, err := ParseCursor(f.Cursor)
 	if err != nil {
 		return nil, err
 	}
@@ -184,14 +183,14 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 			return listCallerIDs(ctx, tx, q.opts.Sealer, f, r, cur, desc, page)
 		}
 		if cur != nil {
-			if cur.kind != 'k' {
+			if cur.Kind != CursorKey {
 				return fmt.Errorf("%w: cursor from another listing", task.ErrInvalidFilter)
 			}
 			if desc {
-				if r.hi == nil || bytes.Compare(cur.key, r.hi) < 0 {
-					r.hi = cur.key
+				if r.hi == nil || bytes.Compare(cur.Key, r.hi) < 0 {
+					r.hi = cur.Key
 				}
-			} else if next := increment(cur.key); next != nil && bytes.Compare(next, r.lo) > 0 {
+			} else if next := increment(cur.Key); next != nil && bytes.Compare(next, r.lo) > 0 {
 				r.lo = next
 			}
 		}
@@ -260,7 +259,7 @@ func listKeys(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, srcs [
 			return nil
 		}
 		if len(page.Tasks) == f.Limit {
-			page.Next = cursor{kind: 'k', key: lastKey}.String()
+			page.Next = Cursor{Kind: CursorKey, Key: lastKey}.String()
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -285,8 +284,8 @@ func listKeys(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, srcs [
 
 // listCallerIDs serves an ID prefix of the caller-chosen kind: it walks the
 // caller-ID index in ID order from the prefix.
-func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r keyRange, cur *cursor, desc bool, page *task.Page) error {
-	if cur != nil && cur.kind != 'c' {
+func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r keyRange, cur *Cursor, desc bool, page *task.Page) error {
+	if cur != nil && cur.Kind != CursorCallerID {
 		return fmt.Errorf("%w: cursor from another listing", task.ErrInvalidFilter)
 	}
 	prefix := []byte(f.IDPrefix)
@@ -294,7 +293,7 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r
 	var k, key []byte
 	switch {
 	case !desc && cur != nil:
-		if k, key = c.Seek(cur.key); k != nil && bytes.Equal(k, cur.key) {
+		if k, key = c.Seek(cur.Key); k != nil && bytes.Equal(k, cur.Key) {
 			k, key = c.Next()
 		}
 	case !desc:
@@ -302,7 +301,7 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r
 	default:
 		end := increment(prefix) // the first key past every key with the prefix
 		if cur != nil {
-			end = cur.key
+			end = cur.Key
 		}
 		if end == nil {
 			k, key = c.Last()
@@ -329,7 +328,7 @@ func listCallerIDs(ctx context.Context, tx *bolt.Tx, sl Sealer, f task.Filter, r
 			continue
 		}
 		if len(page.Tasks) == f.Limit {
-			page.Next = cursor{kind: 'c', key: lastID}.String()
+			page.Next = Cursor{Kind: CursorCallerID, Key: lastID}.String()
 			return nil
 		}
 		page.Tasks = append(page.Tasks, t)
@@ -349,26 +348,4 @@ func step(c *bolt.Cursor, desc bool) ([]byte, []byte) {
 		return c.Prev()
 	}
 	return c.Next()
-}
-
-// cursor marks where a page ended: after key16 ('k') or after a
-// caller-chosen ID ('c').
-type cursor struct {
-	kind byte
-	key  []byte
-}
-
-func (c cursor) String() string {
-	return base64.RawURLEncoding.EncodeToString(append([]byte{c.kind}, c.key...))
-}
-
-func parseCursor(s string) (*cursor, error) {
-	if s == "" {
-		return nil, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2 || (b[0] == 'k' && len(b) != 17) || (b[0] != 'k' && b[0] != 'c') {
-		return nil, fmt.Errorf("%w: malformed cursor", task.ErrInvalidFilter)
-	}
-	return &cursor{kind: b[0], key: b[1:]}, nil
 }

@@ -523,13 +523,9 @@ func (t *txn) finish(o *finishOp) {
 		o.err = fmt.Errorf("postgres: finish %s attempt %d: %w", l.ID, l.Attempt, task.ErrLeaseLost)
 		return
 	}
-	to, detail := out.Status, out.Detail
-	if r.status == task.Stopping {
-		to = task.Stopped
-		detail = joinDetail("stopped on request", fmt.Sprintf("attempt ended as %s", out.Status), out.Detail)
-	}
-	if to == task.Enqueued && r.status == task.Running {
-		r.attempts-- // handed back unrun: the attempt does not count
+	to, detail, uncount := out.Resolve(r.status)
+	if uncount {
+		r.attempts--
 	}
 	if out.Throttled {
 		r.throttled++
@@ -604,18 +600,4 @@ func (t *txn) finishDelivery(o *deliveryOp, pre *preread) {
 			break
 		}
 	}
-}
-
-func joinDetail(parts ...string) string {
-	var b []byte
-	for _, p := range parts {
-		if p == "" {
-			continue
-		}
-		if len(b) > 0 {
-			b = append(b, "; "...)
-		}
-		b = append(b, p...)
-	}
-	return string(b)
 }

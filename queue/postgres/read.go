@@ -3,7 +3,6 @@ package postgres
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
 
@@ -192,7 +192,7 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 		f.Limit = task.DefaultLimit
 	}
 	desc := f.Order != task.OldestFirst
-	cur, err := parseCursor(f.Cursor)
+	cur, err := queue.ParseCursor(f.Cursor)
 	if err != nil {
 		return nil, err
 	}
@@ -230,16 +230,16 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 	}
 	if cur != nil {
 		switch {
-		case byCaller != (cur.kind == 'c'):
+		case byCaller != (cur.Kind == queue.CursorCallerID):
 			return nil, fmt.Errorf("%w: cursor from another listing", task.ErrInvalidFilter)
 		case byCaller:
-			l.afterID = string(cur.key)
+			l.afterID = string(cur.Key)
 		case desc:
-			if l.hi == nil || bytes.Compare(cur.key, l.hi) < 0 {
-				l.hi = cur.key
+			if l.hi == nil || bytes.Compare(cur.Key, l.hi) < 0 {
+				l.hi = cur.Key
 			}
 		default:
-			if next := incrementKey(cur.key); next == nil {
+			if next := incrementKey(cur.Key); next == nil {
 				return empty, nil
 			} else if l.lo == nil || bytes.Compare(next, l.lo) > 0 {
 				l.lo = next
@@ -269,9 +269,9 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 	if len(tasks) > f.Limit {
 		page.Tasks = tasks[:f.Limit]
 		if byCaller {
-			page.Next = cursor{kind: 'c', key: []byte(page.Tasks[f.Limit-1].ID)}.String()
+			page.Next = queue.Cursor{Kind: queue.CursorCallerID, Key: []byte(page.Tasks[f.Limit-1].ID)}.String()
 		} else {
-			page.Next = cursor{kind: 'k', key: keys[f.Limit-1][:]}.String()
+			page.Next = queue.Cursor{Kind: queue.CursorKey, Key: keys[f.Limit-1][:]}.String()
 		}
 	}
 	if page.Tasks == nil {
@@ -430,26 +430,4 @@ func prefixEnd(p []byte) []byte {
 		}
 	}
 	return nil
-}
-
-// cursor marks where a page ended: after a key ('k') or after a
-// caller-chosen ID ('c'), encoded as the bbolt queue encodes it.
-type cursor struct {
-	kind byte
-	key  []byte
-}
-
-func (c cursor) String() string {
-	return base64.RawURLEncoding.EncodeToString(append([]byte{c.kind}, c.key...))
-}
-
-func parseCursor(s string) (*cursor, error) {
-	if s == "" {
-		return nil, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2 || (b[0] == 'k' && len(b) != 17) || (b[0] != 'k' && b[0] != 'c') {
-		return nil, fmt.Errorf("%w: malformed cursor", task.ErrInvalidFilter)
-	}
-	return &cursor{kind: b[0], key: b[1:]}, nil
 }
