@@ -17,7 +17,8 @@ var ErrHijack = errors.New("invoke: an async replay has no connection to hijack"
 // recorder is the ResponseWriter of a replay. It keeps the status, the
 // headers and the first limit bytes of the body, and counts the rest.
 type recorder struct {
-	header      http.Header
+	header      http.Header // the handler's, live
+	sent        http.Header // as it was when the status was written, as net/http sends it
 	status      int
 	wroteHeader bool
 	body        []byte
@@ -39,6 +40,7 @@ func (r *recorder) WriteHeader(code int) {
 	}
 	r.wroteHeader = true
 	r.status = code
+	r.sent = r.header.Clone()
 }
 
 func (r *recorder) Write(p []byte) (int, error) {
@@ -68,6 +70,15 @@ func (r *recorder) statusCode() int {
 	return r.status
 }
 
+// sentHeader is the header that a client would have received: changes
+// after the status was written do not count, as in net/http.
+func (r *recorder) sentHeader() http.Header {
+	if r.wroteHeader {
+		return r.sent
+	}
+	return r.header
+}
+
 func (r *recorder) response() *task.Response {
-	return &task.Response{StatusCode: r.statusCode(), Header: r.header, Body: r.body, BodySize: r.size}
+	return &task.Response{StatusCode: r.statusCode(), Header: r.sentHeader(), Body: r.body, BodySize: r.size}
 }

@@ -135,6 +135,9 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 	switch {
 	case panicked != "":
 		verdict, out.Error = Retry, panicked
+		if !rec.wroteHeader {
+			out.Response.StatusCode = http.StatusInternalServerError // what net/http answers a panic with
+		}
 	// A handler whose context we cancelled may answer anything, 200 by
 	// returning without a word: the cancellation, not the answer, decides.
 	case errors.Is(cause, task.ErrShutdown):
@@ -174,7 +177,7 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 		return out
 	}
 	now := time.Now()
-	wait, ok := retryAfter(rec.header, now)
+	wait, ok := retryAfter(rec.sentHeader(), now)
 	if !ok {
 		wait = backoffDelay(p.BackoffInitial, p.BackoffMax, l.Attempt-l.RetryBase)
 	}
