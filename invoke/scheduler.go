@@ -99,7 +99,12 @@ type target struct {
 	handler  http.Handler
 	policy   Policy
 	limiter  *rate.Limiter // nil without Policy.RateLimit
-	inflight int
+	inflight int           // handlers running
+	// finishing counts attempts whose handler has returned and whose
+	// outcome is being written. They hold no slot, but at most
+	// Concurrency of them may wait, so that a store that keeps failing
+	// finishes cannot pile up attempts.
+	finishing int
 }
 
 type attempt struct {
@@ -378,7 +383,7 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	s.mu.Lock()
 	var reqs []queue.LeaseRequest
 	for _, t := range s.targets {
-		free := t.policy.Concurrency - t.inflight
+		free := min(t.policy.Concurrency-t.inflight, 2*t.policy.Concurrency-t.inflight-t.finishing)
 		if free <= 0 {
 			continue
 		}
@@ -476,6 +481,13 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 			Duration: time.Since(l.EnqueuedAt)})
 		started := time.Now()
 		out := s.run(ctx, t, l)
+		// The handler is done: its slot may take the next task now, whose
+		// lease can then share a commit with this finish.
+		s.mu.Lock()
+		t.inflight--
+		t.finishing++
+		s.mu.Unlock()
+		s.poke()
 		// Record the outcome even while shutting down: it is what happened.
 		final, err := s.finish(l, out)
 		switch {
@@ -494,7 +506,7 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 		}
 		s.mu.Lock()
 		delete(s.running, l.ID)
-		t.inflight--
+		t.finishing--
 		s.mu.Unlock()
 		s.poke()
 	}()
