@@ -217,6 +217,43 @@ func (s *Scheduler) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt,
 	return rc, err
 }
 
+// Admit is a cheap early check that target could take one more task
+// now, so that a caller can refuse a request before reading its body. It
+// wraps task.ErrQueueFull when the target already has Policy.MaxQueued
+// unfinished tasks, ErrUnknownTarget for a target never registered, and
+// task.ErrClosed once the scheduler is stopping. Enqueue checks MaxQueued
+// again in the transaction that stores the task.
+func (s *Scheduler) Admit(ctx context.Context, target string) error {
+	select {
+	case <-s.stopping:
+		return fmt.Errorf("invoke: admit: %w", task.ErrClosed)
+	default:
+	}
+	s.mu.Lock()
+	t, ok := s.targets[target]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownTarget, target)
+	}
+	if t.policy.MaxQueued == 0 {
+		return nil
+	}
+	counts, err := s.q.CountTasks(ctx)
+	if err != nil {
+		return err
+	}
+	var live int64
+	for _, c := range counts {
+		if c.Target == target && !c.Status.Terminal() {
+			live += c.N
+		}
+	}
+	if live >= int64(t.policy.MaxQueued) {
+		return fmt.Errorf("%w: target %s has %d unfinished tasks", task.ErrQueueFull, target, live)
+	}
+	return nil
+}
+
 // CreateBlob starts a large body in the queue's storage; see queue.Backend.
 func (s *Scheduler) CreateBlob() (queue.Blob, error) { return s.q.CreateBlob() }
 

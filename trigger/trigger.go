@@ -44,6 +44,9 @@ const (
 // *invoke.Scheduler implements it.
 type Enqueuer interface {
 	Register(target string, h http.Handler, p *invoke.Policy) error
+	// Admit refuses early (before the body is read) what Enqueue would
+	// refuse for the target's state: a full queue, a shutdown.
+	Admit(ctx context.Context, target string) error
 	Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt, error)
 	CreateBlob() (queue.Blob, error)
 	Capture(r *http.Request) map[string]string
@@ -293,6 +296,15 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 	if r.ContentLength > tr.opts.MaxBodyBytes {
 		tr.tooLarge(w)
 		return
+	}
+	// Refuse a full queue or a shutdown before reading (and storing) the
+	// body. A request with an Idempotency-Key skips this: it may be the
+	// retry of one already accepted, which is answered its first 202.
+	if p.idempotencyKey == "" {
+		if err := tr.e.Admit(r.Context(), target); err != nil {
+			tr.enqueueError(w, err, p.id)
+			return
+		}
 	}
 	st := tr.getState()
 	defer tr.putState(st)
