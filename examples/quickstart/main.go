@@ -90,17 +90,21 @@ func run(addr, dbPath string) error {
 	}
 	log.Info("shutting down")
 
-	// Refuse new requests first, then let running tasks finish, then close
-	// the queue (the deferred db.Close).
+	// Stop the scheduler first: while running tasks finish (up to 30 s),
+	// new async requests are answered 503 with Retry-After and sync ones
+	// are still served. Then stop serving, then close the queue (the
+	// deferred db.Close). A task cut short goes back to the queue.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("http shutdown", "err", err)
-	}
 	if err := sched.Stop(ctx); err != nil {
-		log.Warn("scheduler stop", "err", err)
+		log.Warn("scheduler stop: running tasks handed back", "err", err)
 	}
-	return <-schedDone
+	if err := <-schedDone; err != nil {
+		return err
+	}
+	httpCtx, httpCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer httpCancel()
+	return srv.Shutdown(httpCtx)
 }
 
 // work simulates slow work. It runs the same way for sync calls and for
