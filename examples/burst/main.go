@@ -189,18 +189,21 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(context.WithoutCancel(ctx)) }()
 	defer func() {
-		// Shut down: refuse new requests, stop the scheduler (it lets
-		// running orders finish), then the deferred db.Close.
+		// Shut down: stop the scheduler (running orders finish while new
+		// async requests get 503 + Retry-After), stop serving, then the
+		// deferred db.Close.
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			log.Warn("http shutdown", "err", err)
-		}
-		<-srvDone
 		if err := sched.Stop(sctx); err != nil {
 			log.Warn("scheduler stop", "err", err)
 		}
 		<-schedDone
+		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer hcancel()
+		if err := srv.Shutdown(hctx); err != nil {
+			log.Warn("http shutdown", "err", err)
+		}
+		<-srvDone
 	}()
 
 	printStart(stdout, base, cfg)

@@ -115,20 +115,23 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	case serveErr = <-srvDone:
 	}
 	log.Info("shutting down")
-	// Refuse new requests first, then let running jobs finish, then close
-	// the queue (the deferred db.Close).
+	// Stop the scheduler first: running jobs finish while new async
+	// requests get 503 + Retry-After; then stop serving; then close the
+	// queue (the deferred db.Close).
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if serveErr == nil {
-		if err := srv.Shutdown(sctx); err != nil {
-			log.Warn("http shutdown", "err", err)
-		}
-		serveErr = <-srvDone
-	}
 	if err := app.sched.Stop(sctx); err != nil {
 		log.Warn("scheduler stop: running jobs were cancelled and will run again", "err", err)
 	}
 	<-schedDone
+	if serveErr == nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer hcancel()
+		if err := srv.Shutdown(hctx); err != nil {
+			log.Warn("http shutdown", "err", err)
+		}
+		serveErr = <-srvDone
+	}
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}
