@@ -22,6 +22,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/offload-go/offload/internal/groupcommit"
 	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
@@ -223,92 +224,41 @@ func BenchmarkBareBolt(b *testing.B) {
 	}
 }
 
-type bareBatch struct {
-	kvs  [][2][]byte
-	done chan struct{}
-	err  error
-}
-
+// bareCommitter puts key-value pairs through the queue's own group
+// committer, one bbolt transaction a batch.
 type bareCommitter struct {
 	db      *bolt.DB
-	mu      sync.Mutex
-	pending *bareBatch
-	kick    chan struct{}
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	writes  *groupcommit.Committer[[2][]byte]
 	commits atomic.Int64
 }
 
 func newBareCommitter(db *bolt.DB) *bareCommitter {
-	c := &bareCommitter{db: db, pending: &bareBatch{done: make(chan struct{})}, kick: make(chan struct{}, 1), stop: make(chan struct{})}
-	c.wg.Go(func() {
-		for {
-			select {
-			case <-c.kick:
-			case <-c.stop:
-				return
-			}
-			c.gather()
-			c.commit()
-		}
-	})
+	c := &bareCommitter{db: db}
+	c.writes = groupcommit.Start(c.commit)
 	return c
 }
 
-func (c *bareCommitter) close() { close(c.stop); c.wg.Wait() }
+func (c *bareCommitter) close() { c.writes.Close() }
 
 func (c *bareCommitter) put(key, val []byte) error {
-	c.mu.Lock()
-	bb := c.pending
-	bb.kvs = append(bb.kvs, [2][]byte{key, val})
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-	<-bb.done
-	return bb.err
+	return c.writes.Submit(context.Background(), [2][]byte{key, val})
 }
 
-func (c *bareCommitter) pendingLen() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.pending.kvs)
-}
-
-// gather is Queue.gather.
-func (c *bareCommitter) gather() {
-	start, n := time.Now(), c.pendingLen()
-	for range 8 {
-		runtime.Gosched()
-		m := c.pendingLen()
-		if m == n || time.Since(start) > 250*time.Microsecond {
-			return
-		}
-		n = m
-	}
-}
-
-func (c *bareCommitter) commit() {
-	c.mu.Lock()
-	bb := c.pending
-	c.pending = &bareBatch{done: make(chan struct{})}
-	c.mu.Unlock()
-	bb.err = c.db.Update(func(tx *bolt.Tx) error {
+func (c *bareCommitter) commit(kvs [][2][]byte) (func(), error) {
+	defer c.commits.Add(1)
+	return nil, c.db.Update(func(tx *bolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists([]byte("tasks"))
 		if err != nil {
 			return err
 		}
 		bk.FillPercent = 1.0
-		for _, kv := range bb.kvs {
+		for _, kv := range kvs {
 			if err := bk.Put(kv[0], kv[1]); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	c.commits.Add(1)
-	close(bb.done)
 }
 
 // BenchmarkLeaseFinish: one leaser claims batches of 64 ready tasks and

@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/offload-go/offload/task"
+	"github.com/offload-go/offload/internal/groupcommit"
 )
 
 // Defaults for Options.
@@ -58,15 +57,13 @@ type Queue struct {
 	blobDir  string
 	opts     Options
 	log      *slog.Logger
-	kick     chan struct{}
-	stop     chan struct{}
+	writes   *groupcommit.Committer[op]
+	stop     chan struct{} // closed by Close: the purge loop ends
 	wg       sync.WaitGroup
 	closeMu  sync.Once
 	closeErr error
 
-	mu         sync.Mutex // guards pending, closed and subscriber
-	pending    *batch
-	closed     bool
+	mu         sync.Mutex // guards subscriber and destinations
 	subscriber func(Notice)
 	// destinations maps a target to its outbox rule (1 onSuccess, 2
 	// onFailure). It is replaced, never changed, so a batch may keep it.
@@ -128,16 +125,14 @@ func Open(path string, opts *Options) (*Queue, error) {
 		blobDir: path + ".blobs",
 		opts:    o,
 		log:     o.Logger,
-		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
-		pending: newBatch(),
 	}
 	if err := q.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("queue: open %s: %w", path, err)
 	}
-	q.wg.Add(2)
-	go q.commitLoop()
+	q.writes = groupcommit.Start(q.commit)
+	q.wg.Add(1)
 	go q.purgeLoop()
 	return q, nil
 }
@@ -149,9 +144,7 @@ func (q *Queue) Path() string { return q.path }
 // closes the database. It is safe to call more than once.
 func (q *Queue) Close() error {
 	q.closeMu.Do(func() {
-		q.mu.Lock()
-		q.closed = true
-		q.mu.Unlock()
+		q.writes.Close() // commits what is queued, then refuses more
 		close(q.stop)
 		q.wg.Wait()
 		q.closeErr = q.db.Close()
@@ -179,118 +172,34 @@ type op interface {
 	apply(w *writer) error
 }
 
-type batch struct {
-	ops  []op
-	done chan struct{}
-	err  error
-}
-
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
-
-// submit queues o for the next commit and waits until it is durable. A
-// cancelled ctx is honoured only before o is queued: once queued, the
-// outcome is waited for, so that a caller never reports failure for what
-// was stored.
+// submit queues o for the next commit and waits until it is durable; see
+// groupcommit.Committer.Submit.
 func (q *Queue) submit(ctx context.Context, o op) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+	return q.writes.Submit(ctx, o)
+}
+
+// commit writes one batch in one transaction, with one fsync.
+func (q *Queue) commit(ops []op) (after func(), err error) {
 	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return task.ErrClosed
-	}
-	b := q.pending
-	b.ops = append(b.ops, o)
-	q.mu.Unlock()
-	select {
-	case q.kick <- struct{}{}:
-	default:
-	}
-	<-b.done
-	return b.err
-}
-
-// commitLoop is the single committer: it writes everything queued since
-// its last commit in one transaction, with no timer wait, so concurrent
-// writers share fsyncs.
-func (q *Queue) commitLoop() {
-	defer q.wg.Done()
-	for {
-		select {
-		case <-q.kick:
-		case <-q.stop:
-			// Close refuses new ops before closing stop; commit the rest.
-			q.commitPending()
-			return
-		}
-		q.gather()
-		q.commitPending()
-	}
-}
-
-// gather yields at most maxGatherYields times, and stops yielding once
-// maxGather has passed, so that goroutines busy with other work never hold
-// a commit back for long.
-const (
-	maxGatherYields = 8
-	maxGather       = 250 * time.Microsecond
-)
-
-// gather lets the writers that the previous commit released (and any other
-// runnable goroutine) queue their next ops before the batch is cut, so that
-// they share this commit instead of waiting a whole commit for the next.
-// Without it, concurrent writers split into two groups that commit in turn,
-// each commit carrying only half of them. It only yields the processor, no
-// timer, and stops as soon as a yield adds nothing, so a lone writer is not
-// delayed.
-func (q *Queue) gather() {
-	start := time.Now()
-	n := q.pendingLen()
-	for range maxGatherYields {
-		runtime.Gosched()
-		m := q.pendingLen()
-		if m == n || time.Since(start) > maxGather {
-			return
-		}
-		n = m
-	}
-}
-
-func (q *Queue) pendingLen() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.pending.ops)
-}
-
-func (q *Queue) commitPending() {
-	q.mu.Lock()
-	b := q.pending
-	q.pending = newBatch()
 	dest := q.destinations
 	q.mu.Unlock()
-	if len(b.ops) == 0 {
-		return
-	}
 	w := &writer{q: q, now: q.opts.Now(), destinations: dest}
-	b.err = q.db.Update(func(tx *bolt.Tx) error {
+	err = q.db.Update(func(tx *bolt.Tx) error {
 		w.tx = tx
 		w.cacheBuckets()
-		for _, o := range b.ops {
+		for _, o := range ops {
 			if err := o.apply(w); err != nil {
 				return err
 			}
 		}
 		return w.flushCounts()
 	})
-	if b.err != nil {
-		b.err = fmt.Errorf("queue: commit: %w", b.err)
-		q.log.Error("offload queue: commit failed", "ops", len(b.ops), "err", b.err)
+	if err != nil {
+		err = fmt.Errorf("queue: commit: %w", err)
+		q.log.Error("offload queue: commit failed", "ops", len(ops), "err", err)
+		return nil, err
 	}
-	close(b.done)
-	if b.err == nil {
-		q.notify(w.notices, w.wake)
-	}
+	return func() { q.notify(w.notices, w.wake) }, nil
 }
 
 func (q *Queue) notify(notices []Notice, ready bool) {

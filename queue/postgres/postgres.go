@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/offload-go/offload/internal/groupcommit"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -115,11 +115,10 @@ type Queue struct {
 	// statement runs under it.
 	life     context.Context
 	kill     context.CancelFunc
-	kick     chan struct{}
+	writes   *groupcommit.Committer[op]
 	stop     chan struct{} // closed by Close: background loops end
 	reapNow  chan struct{}
 	wg       sync.WaitGroup
-	commitWG sync.WaitGroup
 	closeMu  sync.Once
 	closeErr error
 	commits  atomic.Int64 // committer transactions, for benchmarks
@@ -130,7 +129,6 @@ type Queue struct {
 	noticeKick chan struct{}
 
 	mu           sync.Mutex // guards everything below
-	pending      *batch
 	closed       bool
 	subscriber   func(queue.Notice)
 	destinations map[string]uint8
@@ -194,11 +192,9 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 		schema:     o.Schema,
 		channel:    "offload." + o.Schema,
 		sql:        newStatements(pgx.Identifier{o.Schema}.Sanitize()),
-		kick:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		reapNow:    make(chan struct{}, 1),
 		noticeKick: make(chan struct{}, 1),
-		pending:    newBatch(),
 		held:       make(map[[16]byte]heldLease),
 	}
 	_, _ = rand.Read(q.owner[:])
@@ -224,8 +220,7 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 	go q.heartbeatLoop()
 	go q.reapLoop()
 	go q.purgeLoop()
-	q.commitWG.Add(1)
-	go q.commitLoop()
+	q.writes = groupcommit.Start(q.commit)
 	return q, nil
 }
 
@@ -238,8 +233,8 @@ func (q *Queue) Close() error {
 		q.mu.Lock()
 		q.closed = true
 		q.mu.Unlock()
+		q.writes.Close() // commits what is queued, then refuses more
 		close(q.stop)
-		q.commitWG.Wait()
 		q.wg.Wait()
 		ctx, cancel := context.WithTimeout(q.life, 10*time.Second)
 		if n, err := q.abandon(ctx); err != nil {
@@ -269,8 +264,8 @@ func (q *Queue) crash() {
 		q.closed = true
 		q.mu.Unlock()
 		q.kill()
+		q.writes.Close() // what is queued fails at once: the connections are cut
 		close(q.stop)
-		q.commitWG.Wait()
 		q.wg.Wait()
 		q.pool.Close()
 		q.closeErr = errors.New("postgres: crashed")
@@ -384,91 +379,24 @@ type op interface {
 	fail(err error)
 }
 
-type batch struct {
-	ops  []op
-	done chan struct{}
-}
-
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
-
 // submit queues o for the next commit and waits until it is durable (or
-// failed). A cancelled ctx is honoured only before o is queued.
+// failed: o keeps its own outcome); see groupcommit.Committer.Submit.
 func (q *Queue) submit(ctx context.Context, o op) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return task.ErrClosed
-	}
-	b := q.pending
-	b.ops = append(b.ops, o)
-	q.mu.Unlock()
-	select {
-	case q.kick <- struct{}{}:
-	default:
-	}
-	<-b.done
-	return nil
+	return q.writes.Submit(ctx, o)
 }
 
-// commitLoop is the single committer: it writes everything queued since
-// its last commit in one transaction, so that concurrent writers share
-// round trips and WAL flushes.
-func (q *Queue) commitLoop() {
-	defer q.commitWG.Done()
-	for {
-		select {
-		case <-q.kick:
-		case <-q.stop:
-			// Close refuses new ops before closing stop; commit the rest
-			// (after a crash, the commit fails at once).
-			q.commitPending()
-			return
-		}
-		q.gather()
-		q.commitPending()
-	}
-}
-
-// gather yields the processor a few times so that writers just released
-// by the previous commit queue their next ops into this one; see the bbolt
-// queue's committer.
-func (q *Queue) gather() {
-	n := q.pendingLen()
-	for range 8 {
-		runtime.Gosched()
-		m := q.pendingLen()
-		if m == n {
-			return
-		}
-		n = m
-	}
-}
-
-func (q *Queue) pendingLen() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.pending.ops)
-}
-
-func (q *Queue) commitPending() {
-	q.mu.Lock()
-	b := q.pending
-	q.pending = newBatch()
-	q.mu.Unlock()
-	if len(b.ops) == 0 {
-		return
-	}
+// commit writes one batch in one transaction (retried on a deadlock or a
+// serialization failure), so that concurrent writers share round trips and
+// WAL flushes. A failure is each op's outcome; commit itself never fails.
+func (q *Queue) commit(ops []op) (after func(), _ error) {
 	var notices []queue.Notice
 	var err error
 	for try := 1; ; try++ {
-		for _, o := range b.ops {
+		for _, o := range ops {
 			o.reset()
 		}
 		ctx, cancel := context.WithTimeout(q.life, q.opts.Timeout)
-		notices, err = q.commitBatch(ctx, b.ops)
+		notices, err = q.commitBatch(ctx, ops)
 		cancel()
 		q.commits.Add(1)
 		if err == nil || !retryable(err) || try == maxBatchTries {
@@ -481,15 +409,13 @@ func (q *Queue) commitPending() {
 		if q.life.Err() != nil {
 			err = fmt.Errorf("%w: %w", task.ErrClosed, err)
 		}
-		q.log.Error("offload postgres: commit failed", "ops", len(b.ops), "err", err)
-		for _, o := range b.ops {
+		q.log.Error("offload postgres: commit failed", "ops", len(ops), "err", err)
+		for _, o := range ops {
 			o.fail(err)
 		}
+		return nil, nil
 	}
-	close(b.done)
-	if err == nil {
-		q.deliver(notices)
-	}
+	return func() { q.deliver(notices) }, nil
 }
 
 // retryable reports whether err aborted a transaction that may simply be
