@@ -83,8 +83,9 @@ type Scheduler struct {
 	mu         sync.Mutex // guards everything below
 	targets    map[string]*target
 	running    map[string]*attempt
-	leasing    bool     // a Lease is in flight: stop notices may name its tasks
+	leasing    int      // Leases in flight: stop notices may name their tasks
 	stash      []string // stop notices that arrived while leasing
+	readyGen   uint64   // counts TaskReady notices; see leased
 	started    bool
 	workers    sync.WaitGroup
 	sendCtx    context.Context // deliveries' context, cancelled at hard stop
@@ -105,6 +106,14 @@ type target struct {
 	// Concurrency of them may wait, so that a store that keeps failing
 	// finishes cannot pile up attempts.
 	finishing int
+	// reserved counts the slots asked for by Leases in flight.
+	reserved int
+	leases   int // Leases in flight
+	// dry is set when a Lease found fewer ready tasks than it asked for:
+	// the target is not leased again until a task may be ready (a
+	// TaskReady notice) or dryUntil (zero: no known time) has come.
+	dry      bool
+	dryUntil time.Time
 }
 
 type attempt struct {
@@ -354,6 +363,12 @@ func (s *Scheduler) cancelAll() {
 func (s *Scheduler) notice(n queue.Notice) {
 	switch n.Kind {
 	case queue.TaskReady:
+		s.mu.Lock()
+		s.readyGen++
+		for _, t := range s.targets {
+			t.dry = false
+		}
+		s.mu.Unlock()
 		s.poke()
 	case queue.DeliveryReady:
 		select {
@@ -364,7 +379,7 @@ func (s *Scheduler) notice(n queue.Notice) {
 		s.mu.Lock()
 		if a, ok := s.running[n.ID]; ok {
 			a.cancel(task.ErrStopped)
-		} else if s.leasing {
+		} else if s.leasing > 0 {
 			s.stash = append(s.stash, n.ID)
 		}
 		s.mu.Unlock()
@@ -411,63 +426,105 @@ func (s *Scheduler) loop(ctx context.Context, wake <-chan struct{}, step func(co
 	}
 }
 
-// claim leases what the free slots and rate limits allow and starts the
-// attempts. It returns when to look again: the earliest future ready time
-// among targets with free slots, or the next token of a rate-limited one.
+// claim asks for what the free slots and rate limits allow, without
+// waiting: each Lease runs on its own goroutine (see lease), so that slots
+// freed while one is being committed are leased in the same commit rather
+// than the next. It returns when to look again: the earliest time a dry
+// target may have a task, or the next token of a rate-limited one.
 func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	now := time.Now()
-	var tokenAt time.Time
+	var next time.Time
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var reqs []queue.LeaseRequest
 	for _, t := range s.targets {
-		free := min(t.policy.Concurrency-t.inflight, 2*t.policy.Concurrency-t.inflight-t.finishing)
+		if t.dry {
+			if t.dryUntil.IsZero() || now.Before(t.dryUntil) {
+				next = earliest(next, t.dryUntil)
+				continue
+			}
+			t.dry = false
+		}
+		busy := t.inflight + t.reserved
+		free := min(t.policy.Concurrency-busy, 2*t.policy.Concurrency-busy-t.finishing)
 		if free <= 0 {
 			continue
 		}
 		if t.limiter != nil {
+			if t.leases > 0 {
+				continue // its tokens are counted when that Lease returns
+			}
 			tokens := t.limiter.TokensAt(now)
 			if tokens < 1 {
 				at := now.Add(time.Duration((1 - tokens) / float64(t.limiter.Limit()) * float64(time.Second)))
-				tokenAt = earliest(tokenAt, at)
+				next = earliest(next, at)
 				continue
 			}
 			free = min(free, int(tokens))
 		}
+		t.reserved += free
+		t.leases++
 		reqs = append(reqs, queue.LeaseRequest{Target: t.name, Max: free, MaxAge: t.policy.MaxAge})
 	}
 	if len(reqs) == 0 {
-		s.mu.Unlock()
-		return tokenAt, nil
+		return next, nil
 	}
-	s.leasing = true
-	s.mu.Unlock()
+	s.leasing++
+	gen := s.readyGen
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		res, err := s.q.Lease(context.WithoutCancel(ctx), now, reqs)
+		s.leased(now, gen, reqs, res, err)
+		s.poke()
+	}()
+	return next, nil
+}
 
-	res, err := s.q.Lease(context.WithoutCancel(ctx), now, reqs)
-
+// leased starts the attempts a Lease returned and gives back the slots it
+// reserved. A target that got fewer tasks than it asked for is marked dry,
+// unless a task became ready since the Lease was asked for (gen changed):
+// the Lease may have been committed before that task.
+func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest, res *queue.LeaseResult, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.leasing = false
+	s.leasing--
 	stash := s.stash
-	s.stash = nil
+	if s.leasing == 0 {
+		s.stash = nil
+	}
+	got := make(map[string]int, len(reqs))
 	if err != nil {
-		return time.Time{}, err
-	}
-	for _, l := range res.Leases {
-		t := s.targets[l.Target]
-		if t.limiter != nil {
-			t.limiter.AllowN(now, 1) // take the token counted above
+		s.log.Error("offload: leasing failed; retrying in 1s", "err", err)
+	} else {
+		for _, l := range res.Leases {
+			t := s.targets[l.Target]
+			if t.limiter != nil {
+				t.limiter.AllowN(now, 1) // take the token counted by claim
+			}
+			t.inflight++
+			got[l.Target]++
+			a := s.start(t, l)
+			if slices.Contains(stash, l.ID) {
+				a.cancel(task.ErrStopped)
+			}
 		}
-		t.inflight++
-		a := s.start(t, l)
-		if slices.Contains(stash, l.ID) {
-			a.cancel(task.ErrStopped)
+		for _, t := range res.Expired {
+			s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
+			s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
 		}
 	}
-	for _, t := range res.Expired {
-		s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
-		s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
+	for _, r := range reqs {
+		t := s.targets[r.Target]
+		t.reserved -= r.Max
+		t.leases--
+		switch {
+		case err != nil:
+			t.dry, t.dryUntil = true, time.Now().Add(time.Second)
+		case got[r.Target] < r.Max && gen == s.readyGen:
+			t.dry, t.dryUntil = true, res.Next
+		}
 	}
-	return earliest(res.Next, tokenAt), nil
 }
 
 // finish records an attempt's outcome. A store that fails (a full disk,
@@ -510,6 +567,11 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	a := &attempt{cancel: cancel}
 	s.running[l.ID] = a
+	select {
+	case <-s.hardStop: // leased after cancelAll: hand it back at once
+		cancel(task.ErrShutdown)
+	default:
+	}
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
