@@ -2,7 +2,6 @@ package queue
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/internal/wire"
 	"github.com/offload-go/offload/task"
 )
 
@@ -17,7 +17,7 @@ import (
 var (
 	bMeta   = []byte("meta")   // "magic" -> formatMagic
 	bTasks  = []byte("tasks")  // key16 -> job record (immutable)
-	bState  = []byte("state")  // key16 -> state JSON; absent until the first change
+	bState  = []byte("state")  // key16 -> state record (see state.go); absent until the first change
 	bIDs    = []byte("ids")    // caller-chosen ID -> key16
 	bReady  = []byte("ready")  // target/ -> readyNs(8) key16 -> nil
 	bIndex  = []byte("index")  // target/ -> statusByte key16 -> nil
@@ -36,12 +36,20 @@ var (
 const maxEvents = 64
 
 func statusByte(s task.Status) byte {
-	for i, st := range task.Statuses {
-		if st == s {
-			return byte(i + 1)
-		}
+	if b, ok := statusCode(s); ok {
+		return b
 	}
 	panic("queue: unknown status " + string(s)) // statuses come from task constants only
+}
+
+// statusCode is s's statusByte, or false for a string that is no status.
+func statusCode(s task.Status) (byte, bool) {
+	for i, st := range task.Statuses {
+		if st == s {
+			return byte(i + 1), true
+		}
+	}
+	return 0, false
 }
 
 func statusOf(b byte) (task.Status, bool) {
@@ -95,22 +103,17 @@ func appendRecord(dst []byte, m *jobMeta, req *reqcodec.Request) []byte {
 // appendHead appends a job record's head: its version and the meta.
 func appendHead(dst []byte, version byte, m *jobMeta) []byte {
 	dst = append(dst, version)
-	dst = appendString(dst, m.callerID)
-	dst = appendString(dst, m.target)
+	dst = wire.AppendString(dst, m.callerID)
+	dst = wire.AppendString(dst, m.target)
 	dst = binary.AppendVarint(dst, m.created.UnixNano())
 	dst = binary.AppendVarint(dst, m.readyAt.UnixNano())
-	return appendString(dst, m.idemKey)
+	return wire.AppendString(dst, m.idemKey)
 }
 
 // recordSize bounds the length of appendRecord's output (the version, three
 // strings with their lengths, two times), so that a record is allocated once.
 func recordSize(m *jobMeta, req *reqcodec.Request) int {
 	return 1 + 5*binary.MaxVarintLen64 + len(m.callerID) + len(m.target) + len(m.idemKey) + reqcodec.Size(req)
-}
-
-func appendString(dst []byte, s string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
 }
 
 // decodeMeta decodes a job record's head and returns the encoded request
@@ -121,47 +124,33 @@ func decodeMeta(b []byte) (*jobMeta, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: unknown job record version", reqcodec.ErrCorrupt)
 	}
 	m := &jobMeta{sealed: b[0] == sealedRecordVersion}
-	b = b[1:]
-	var ok bool
-	if m.callerID, b, ok = readString(b); !ok {
-		return nil, nil, errTruncated
-	}
-	if m.target, b, ok = readString(b); !ok {
-		return nil, nil, errTruncated
-	}
-	var created, ready int64
-	if created, b, ok = readVarint(b); !ok {
-		return nil, nil, errTruncated
-	}
-	if ready, b, ok = readVarint(b); !ok {
-		return nil, nil, errTruncated
-	}
-	if m.idemKey, b, ok = readString(b); !ok {
+	d := wire.NewDecoder(b[1:])
+	m.callerID = d.String()
+	m.target = d.String()
+	created, ready := d.Varint(), d.Varint()
+	m.idemKey = d.String()
+	if d.Err() != nil {
 		return nil, nil, errTruncated
 	}
 	m.created, m.readyAt = time.Unix(0, created).UTC(), time.Unix(0, ready).UTC()
-	return m, b, nil
+	return m, d.Rest(), nil
 }
 
 var errTruncated = fmt.Errorf("%w: truncated job record", reqcodec.ErrCorrupt)
 
+// appendString and readString are wire's string encoding in the form that
+// seal.go calls for the blob name after a sealed record's head.
+func appendString(dst []byte, s string) []byte { return wire.AppendString(dst, s) }
+
 func readString(b []byte) (string, []byte, bool) {
-	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b)-k) {
-		return "", nil, false
-	}
-	return string(b[k : k+int(n)]), b[k+int(n):], true
+	d := wire.NewDecoder(b)
+	s := d.String()
+	return s, d.Rest(), d.Err() == nil
 }
 
-func readVarint(b []byte) (int64, []byte, bool) {
-	v, k := binary.Varint(b)
-	if k <= 0 {
-		return 0, nil, false
-	}
-	return v, b[k:], true
-}
-
-// state is a task's mutable part.
+// state is a task's mutable part. Its record is binary (see appendState);
+// the JSON tags are the format of records written before that, which
+// decodeState still reads.
 type state struct {
 	Status     task.Status      `json:"status"`
 	Attempts   int              `json:"attempts,omitempty"`
@@ -206,9 +195,9 @@ func loadState(tx *bolt.Tx, key []byte, m *jobMeta) (*state, error) {
 	if v == nil {
 		return initialState(m), nil
 	}
-	s := &state{}
-	if err := json.Unmarshal(v, s); err != nil {
-		return nil, fmt.Errorf("%w: state of %s: %v", reqcodec.ErrCorrupt, ulidString(key), err)
+	s, err := decodeState(v)
+	if err != nil {
+		return nil, fmt.Errorf("state of %s: %w", ulidString(key), err)
 	}
 	return s, nil
 }

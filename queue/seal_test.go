@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -714,18 +712,24 @@ func TestSealedRecordTamper(t *testing.T) {
 		}
 		editBolt(t, path, func(tx *bolt.Tx) error {
 			st := tx.Bucket([]byte("state"))
-			var s map[string]any
-			must0(t, json.Unmarshal(st.Get(key16(id)), &s))
-			sealed, err := base64.StdEncoding.DecodeString(s["sealedResponse"].(string))
+			rec := bytes.Clone(st.Get(key16(id)))
+			plain, sealed, err := queue.DecodeStateForTest(rec)
 			must0(t, err)
-			if s["response"] != nil {
+			if plain != nil {
 				t.Error("state holds a plain response beside the sealed one")
 			}
-			sealed[len(sealed)-1] ^= 0x80
-			s["sealedResponse"] = sealed
-			b, err := json.Marshal(s)
+			// The sealed response ends the record: flip a bit of its last
+			// byte, and check that the record decodes to the changed one.
+			if len(sealed) == 0 || !bytes.HasSuffix(rec, sealed) {
+				t.Fatalf("state record %x does not end with its sealed response %x", rec, sealed)
+			}
+			rec[len(rec)-1] ^= 0x80
+			_, changed, err := queue.DecodeStateForTest(rec)
 			must0(t, err)
-			return st.Put(key16(id), b)
+			if want := append(bytes.Clone(sealed[:len(sealed)-1]), sealed[len(sealed)-1]^0x80); !bytes.Equal(changed, want) {
+				t.Fatalf("changed sealed response = %x, want %x", changed, want)
+			}
+			return st.Put(key16(id), rec)
 		})
 		q = openRaw(t, path, &queue.Options{Sealer: sl})
 		if tk := status(t, q, id); tk.Response != nil || tk.Request.Method != http.MethodPut {

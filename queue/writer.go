@@ -2,8 +2,6 @@ package queue
 
 import (
 	"encoding/binary"
-	"encoding/json"
-	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -202,11 +200,7 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 }
 
 func (w *writer) putState(key []byte, s *state) error {
-	v, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
-	}
-	return w.states.Put(key, v)
+	return w.states.Put(key, encodeState(s))
 }
 
 // load reads a task for change. It returns (nil, nil, nil) when key has no

@@ -13,9 +13,10 @@ import (
 	"fmt"
 	"hash"
 	"maps"
-	"math/bits"
 	"net/http"
 	"slices"
+
+	"github.com/offload-go/offload/internal/wire"
 )
 
 const version = 1
@@ -64,20 +65,13 @@ func SortedKVs(m map[string]string) []KV {
 func Append(dst []byte, r *Request) []byte {
 	dst = append(dst, version)
 	for _, s := range [...]string{r.Method, r.RequestURI, r.Proto, r.Host, r.RemoteAddr, r.Pattern, r.Blob} {
-		dst = appendString(dst, s)
+		dst = wire.AppendString(dst, s)
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(r.Header)))
-	for k, vs := range r.Header {
-		dst = appendString(dst, k)
-		dst = binary.AppendUvarint(dst, uint64(len(vs)))
-		for _, v := range vs {
-			dst = appendString(dst, v)
-		}
-	}
+	dst = wire.AppendHeader(dst, r.Header)
 	dst = appendKVs(dst, r.PathValues)
 	dst = appendKVs(dst, r.Values)
 	dst = binary.AppendUvarint(dst, uint64(r.BodySize))
-	return appendString(dst, r.Body)
+	return wire.AppendString(dst, r.Body)
 }
 
 // Size returns the length of r's encoding, so that a caller can allocate
@@ -85,149 +79,59 @@ func Append(dst []byte, r *Request) []byte {
 func Size(r *Request) int {
 	n := 1
 	for _, s := range [...]string{r.Method, r.RequestURI, r.Proto, r.Host, r.RemoteAddr, r.Pattern, r.Blob} {
-		n += stringSize(s)
+		n += wire.StringSize(s)
 	}
-	n += uvarintSize(uint64(len(r.Header)))
-	for k, vs := range r.Header {
-		n += stringSize(k) + uvarintSize(uint64(len(vs)))
-		for _, v := range vs {
-			n += stringSize(v)
-		}
-	}
+	n += wire.HeaderSize(r.Header)
 	n += kvsSize(r.PathValues) + kvsSize(r.Values)
-	n += uvarintSize(uint64(r.BodySize))
-	return n + stringSize(r.Body)
+	n += wire.UvarintSize(uint64(r.BodySize))
+	return n + wire.StringSize(r.Body)
 }
 
-func uvarintSize(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
-
-func stringSize[T string | []byte](s T) int { return uvarintSize(uint64(len(s))) + len(s) }
-
 func kvsSize(kvs []KV) int {
-	n := uvarintSize(uint64(len(kvs)))
+	n := wire.UvarintSize(uint64(len(kvs)))
 	for _, kv := range kvs {
-		n += stringSize(kv.Key) + stringSize(kv.Value)
+		n += wire.StringSize(kv.Key) + wire.StringSize(kv.Value)
 	}
 	return n
 }
 
-func appendString[T string | []byte](dst []byte, s T) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
-}
-
 func appendKVs(dst []byte, kvs []KV) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(kvs)))
-	for _, kv := range kvs {
-		dst = appendString(dst, kv.Key)
-		dst = appendString(dst, kv.Value)
-	}
-	return dst
+	return wire.AppendList(dst, kvs, func(dst []byte, kv *KV) []byte {
+		return wire.AppendString(wire.AppendString(dst, kv.Key), kv.Value)
+	})
 }
 
 // Decode decodes a record made by Append. The result shares no memory with b.
 func Decode(b []byte) (*Request, error) {
-	d := decoder{b: b}
-	if v := d.byte(); d.err == nil && v != version {
+	d := wire.NewDecoder(b)
+	if v := d.Byte(); d.Err() == nil && v != version {
 		return nil, fmt.Errorf("%w: unknown version %d", ErrCorrupt, v)
 	}
 	r := &Request{}
 	for _, p := range [...]*string{&r.Method, &r.RequestURI, &r.Proto, &r.Host, &r.RemoteAddr, &r.Pattern, &r.Blob} {
-		*p = d.string()
+		*p = d.String()
 	}
-	if n := d.count(); n > 0 {
-		r.Header = make(http.Header, n)
-		for range n {
-			k := d.string()
-			vs := make([]string, d.count())
-			for i := range vs {
-				vs[i] = d.string()
-			}
-			r.Header[k] = vs
-		}
-	}
-	r.PathValues = d.kvs()
-	r.Values = d.kvs()
-	r.BodySize = int64(d.uvarint())
-	if body := d.bytes(); len(body) > 0 {
+	r.Header = d.Header()
+	r.PathValues = decodeKVs(&d)
+	r.Values = decodeKVs(&d)
+	r.BodySize = int64(d.Uvarint())
+	if body := d.Bytes(); len(body) > 0 {
 		r.Body = append([]byte(nil), body...)
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
+	err := d.End()
+	if err == nil && r.BodySize < 0 {
+		err = errors.New("negative body size")
 	}
-	if d.err == nil && r.BodySize < 0 {
-		d.err = fmt.Errorf("%w: negative body size", ErrCorrupt)
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return r, nil
 }
 
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) fail(what string) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: truncated %s", ErrCorrupt, what)
-	}
-	d.b = nil
-}
-
-func (d *decoder) byte() byte {
-	if len(d.b) < 1 {
-		d.fail("header")
-		return 0
-	}
-	c := d.b[0]
-	d.b = d.b[1:]
-	return c
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail("length")
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-// count reads an element count; each element takes at least one byte, so a
-// count beyond the remaining input is corrupt, which bounds allocations.
-func (d *decoder) count() int {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.fail("list")
-		return 0
-	}
-	return int(n)
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.fail("field")
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) string() string { return string(d.bytes()) }
-
-func (d *decoder) kvs() []KV {
-	n := d.count()
-	if n == 0 {
-		return nil
-	}
-	kvs := make([]KV, n)
+func decodeKVs(d *wire.Decoder) []KV {
+	kvs := wire.MakeList[KV](d)
 	for i := range kvs {
-		kvs[i] = KV{d.string(), d.string()}
+		kvs[i] = KV{d.String(), d.String()}
 	}
 	return kvs
 }

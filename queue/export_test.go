@@ -1,0 +1,13 @@
+package queue
+
+import "github.com/offload-go/offload/task"
+
+// DecodeStateForTest decodes a raw record of the "state" bucket, for tests
+// in package queue_test that change one on disk.
+func DecodeStateForTest(rec []byte) (response *task.Response, sealedResponse []byte, err error) {
+	s, err := decodeState(rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.Response, s.SealedResponse, nil
+}
