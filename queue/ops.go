@@ -256,11 +256,18 @@ type finishOp struct {
 
 func (o *finishOp) apply(w *writer) error {
 	l, out := o.lease, o.out
-	m, s, err := w.load(l.Key)
-	if err != nil {
-		return err
+	// A leased task has a state record, and its lease names its target:
+	// the job record need not be read. No state record means no lease.
+	v := w.states.Get(l.Key)
+	var s *state
+	if v != nil {
+		var err error
+		if s, err = decodeState(v); err != nil {
+			return fmt.Errorf("state of %s: %w", l.ID, err)
+		}
 	}
-	if m == nil || (s.Status != task.Running && s.Status != task.Stopping) || s.Attempts != l.Attempt {
+	m := &jobMeta{target: l.Target}
+	if s == nil || (s.Status != task.Running && s.Status != task.Stopping) || s.Attempts != l.Attempt {
 		o.err = fmt.Errorf("queue: finish %s attempt %d: %w", l.ID, l.Attempt, task.ErrLeaseLost)
 		return nil
 	}
