@@ -138,16 +138,6 @@ func decodeMeta(b []byte) (*jobMeta, []byte, error) {
 
 var errTruncated = fmt.Errorf("%w: truncated job record", reqcodec.ErrCorrupt)
 
-// appendString and readString are wire's string encoding in the form that
-// seal.go calls for the blob name after a sealed record's head.
-func appendString(dst []byte, s string) []byte { return wire.AppendString(dst, s) }
-
-func readString(b []byte) (string, []byte, bool) {
-	d := wire.NewDecoder(b)
-	s := d.String()
-	return s, d.Rest(), d.Err() == nil
-}
-
 // state is a task's mutable part. Its record is binary (see appendState);
 // the JSON tags are the format of records written before that, which
 // decodeState still reads.

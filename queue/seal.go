@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/internal/wire"
 	"github.com/offload-go/offload/task"
 )
 
@@ -164,15 +165,16 @@ func sealRecord(sl Sealer, key []byte, m *jobMeta, req *reqcodec.Request) ([]byt
 	defer clear(plain)
 	rec := make([]byte, 0, recordSize(m, req)+binary.MaxVarintLen64+len(req.Blob)+sealOverhead)
 	rec = appendHead(rec, sealedRecordVersion, m)
-	rec = appendString(rec, req.Blob)
+	rec = wire.AppendString(rec, req.Blob)
 	return sl.Seal(rec, plain, recordAD(key, rec))
 }
 
 // sealedParts splits what follows a sealed record's head: the blob name
 // ("" for an inline body) and the sealed request.
 func sealedParts(rest []byte) (blob string, sealed []byte, err error) {
-	blob, sealed, ok := readString(rest)
-	if !ok {
+	d := wire.NewDecoder(rest)
+	blob, sealed = d.String(), d.Rest()
+	if d.Err() != nil {
 		return "", nil, errTruncated
 	}
 	if blob != "" {
