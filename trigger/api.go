@@ -80,8 +80,37 @@ func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
 	handle("GET /{id}", "get", a.get)
 	handle("POST /{id}/stop", "stop", a.stop)
 	handle("POST /{id}/retry", "retry", a.retry)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			unrouted(mux, w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
+
+// unrouted answers a request that matches no route of the task API, as the
+// mux would (404, or 405 with Allow), but in JSON with a stable code like
+// every other answer of the API.
+func unrouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	sw := &statusOnly{ResponseWriter: w}
+	mux.ServeHTTP(sw, r)
+	if sw.status == http.StatusMethodNotAllowed {
+		writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed here; see the Allow header")
+		return
+	}
+	writeError(w, http.StatusNotFound, CodeNotFound, "the task API has no "+r.URL.Path)
+}
+
+// statusOnly keeps the status and headers (Allow) that a handler sets and
+// drops its body.
+type statusOnly struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusOnly) WriteHeader(code int)        { s.status = code }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
 
 type api struct {
 	store  task.Store

@@ -559,3 +559,34 @@ func TestAPIHidesSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIUnrouted: a path or method the task API does not serve gets the
+// mux's status (404, or 405 with Allow) with a JSON body and a stable code,
+// like every other answer of the API.
+func TestAPIUnrouted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code, allow  string
+	}{
+		{http.MethodGet, "a/b/c", http.StatusNotFound, trigger.CodeNotFound, ""},
+		{http.MethodPost, "a/launch", http.StatusNotFound, trigger.CodeNotFound, ""},
+		{http.MethodGet, "a/stop", http.StatusMethodNotAllowed, trigger.CodeMethodNotAllowed, "POST"},
+		{http.MethodDelete, "a", http.StatusMethodNotAllowed, trigger.CodeMethodNotAllowed, "GET, HEAD"},
+	} {
+		req, err := http.NewRequest(c.method, b.srv.URL+taskPath+c.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := b.do(t, req)
+		if res.status != c.status || res.code() != c.code || res.header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: %d %q %s %s, want %d %q in JSON", c.method, c.path, res.status, res.code(),
+				res.header.Get("Content-Type"), res.body, c.status, c.code)
+		}
+		if got := res.header.Get("Allow"); got != c.allow {
+			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
+		}
+	}
+}

@@ -16,6 +16,8 @@ const (
 	CodeInvalidArgument        = "InvalidArgument"        // 400: a task API parameter
 	CodeForbidden              = "Forbidden"              // 403: the task API's Authorize hook said no
 	CodeTaskNotFound           = "TaskNotFound"           // 404
+	CodeNotFound               = "NotFound"               // 404: no task API route at that path
+	CodeMethodNotAllowed       = "MethodNotAllowed"       // 405: a task API route, another method
 	CodeTaskAlreadyExists      = "TaskAlreadyExists"      // 409
 	CodeTaskFinished           = "TaskFinished"           // 409: stop of a finished task
 	CodeTaskNotRetryable       = "TaskNotRetryable"       // 409: retry of a task that is not Failed, Stopped, Expired or Invalid
