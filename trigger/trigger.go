@@ -176,6 +176,10 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 	if _, replay := task.FromContext(r.Context()); replay {
 		return false, false, true // a replay runs the handler itself
 	}
+	if conflicting(r.Header, HeaderInvocationType) {
+		writeError(w, http.StatusBadRequest, CodeInvalidInvocationType, repeated(HeaderInvocationType))
+		return false, false, false
+	}
 	switch {
 	case v == "":
 		if prefersAsync(r.Header.Values("Prefer")) {
@@ -191,6 +195,23 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 			fmt.Sprintf("%s must be Sync or Async, not %q", HeaderInvocationType, truncate(v, 40)))
 		return false, false, false
 	}
+}
+
+// conflicting reports whether a header that must have one value is
+// repeated with different values, which a proxy and this middleware could
+// read differently (one taking the first, the other the last).
+func conflicting(h http.Header, name string) bool {
+	vs := h[name]
+	for _, v := range vs {
+		if v != vs[0] {
+			return true
+		}
+	}
+	return false
+}
+
+func repeated(name string) string {
+	return name + " is given more than once, with different values"
 }
 
 // prefersAsync finds the respond-async preference (RFC 7240) among Prefer
@@ -260,6 +281,16 @@ type params struct {
 
 func (tr *Trigger) parse(h http.Header) (params, string, string) {
 	var p params
+	for _, c := range [...]struct{ name, code string }{
+		{HeaderAsyncDelay, CodeInvalidAsyncDelay},
+		{HeaderAsyncTaskID, CodeInvalidTaskID},
+		{HeaderStatefulID, CodeInvalidTaskID},
+		{HeaderIdempotencyKey, CodeInvalidIdempotencyKey},
+	} {
+		if conflicting(h, c.name) {
+			return p, c.code, repeated(c.name)
+		}
+	}
 	if v := h.Get(HeaderAsyncDelay); v != "" {
 		secs, err := strconv.ParseUint(v, 10, 32)
 		if err != nil || time.Duration(secs)*time.Second > tr.opts.MaxDelay {

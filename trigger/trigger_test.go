@@ -279,6 +279,21 @@ func TestAsyncContract(t *testing.T) {
 		{name: "non-ASCII type", header: []string{trigger.HeaderInvocationType, "Asynç"},
 			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
 
+		// A header that must have one value, repeated with different ones:
+		// 400, nothing stored (a proxy may read the other value).
+		{name: "Sync and Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "Sync"},
+			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
+		{name: "Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "Async"},
+			wantStatus: 202, wantStored: 1},
+		{name: "two delays", header: with(trigger.HeaderAsyncDelay, "1", trigger.HeaderAsyncDelay, "2"),
+			wantStatus: 400, wantCode: trigger.CodeInvalidAsyncDelay},
+		{name: "two task IDs", header: with(trigger.HeaderAsyncTaskID, "job_a", trigger.HeaderAsyncTaskID, "job_b"),
+			wantStatus: 400, wantCode: trigger.CodeInvalidTaskID},
+		{name: "two stateful IDs", header: with(trigger.HeaderStatefulID, "job_a", trigger.HeaderStatefulID, "job_b"),
+			wantStatus: 400, wantCode: trigger.CodeInvalidTaskID},
+		{name: "two idempotency keys", header: with(trigger.HeaderIdempotencyKey, "k1", trigger.HeaderIdempotencyKey, "k2"),
+			wantStatus: 400, wantCode: trigger.CodeInvalidIdempotencyKey},
+
 		// X-Fc-Async-Delay: N whole seconds, 0..MaxDelay.
 		{name: "delay 0", prep: now, header: with(trigger.HeaderAsyncDelay, "0"), wantStatus: 202, wantStored: 1, check: readyIn(0)},
 		{name: "delay 30", prep: now, header: with(trigger.HeaderAsyncDelay, "30"), wantStatus: 202, wantStored: 1, check: readyIn(30 * time.Second)},
