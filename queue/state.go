@@ -30,8 +30,7 @@ import (
 //
 // Ints are varints, strings and byte fields are length-prefixed, a status
 // is its statusByte (or 0 and the string, for one that has none), a time
-// is encoded by appendTime. The sealed response comes last, so that it ends
-// the record.
+// is encoded by appendTime.
 const stateVersion = 1
 
 // encodeState returns the state record of s. It encodes into a buffer on
@@ -116,7 +115,7 @@ func decodeState(b []byte) (*state, error) {
 	}
 	s.LastError = d.String()
 
-	s.Events = wire.MakeList[task.Event](&d)
+	s.Events = wire.MakeList[task.Event](&d, 4) // time, status, attempt, detail: a byte each at least
 	for i := range s.Events {
 		e := &s.Events[i]
 		e.Time, e.Status = readTime(&d), readStatus(&d)
@@ -130,7 +129,7 @@ func decodeState(b []byte) (*state, error) {
 		s.Response = r
 	}
 
-	s.Deliveries = wire.MakeList[task.Delivery](&d)
+	s.Deliveries = wire.MakeList[task.Delivery](&d, 5)
 	for i := range s.Deliveries {
 		dl := &s.Deliveries[i]
 		dl.Destination = intern(d.Bytes(), task.OnSuccess, task.OnFailure)
@@ -145,7 +144,7 @@ func decodeState(b []byte) (*state, error) {
 		s.Progress = p
 	}
 
-	s.Logs = wire.MakeList[task.LogRecord](&d)
+	s.Logs = wire.MakeList[task.LogRecord](&d, 4)
 	for i := range s.Logs {
 		l := &s.Logs[i]
 		l.Time = readTime(&d)

@@ -129,7 +129,7 @@ func Decode(b []byte) (*Request, error) {
 }
 
 func decodeKVs(d *wire.Decoder) []KV {
-	kvs := wire.MakeList[KV](d)
+	kvs := wire.MakeList[KV](d, 2) // two lengths
 	for i := range kvs {
 		kvs[i] = KV{d.String(), d.String()}
 	}

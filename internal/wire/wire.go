@@ -2,10 +2,10 @@
 // from: uvarint lengths and counts, length-prefixed strings and HTTP
 // headers, appended to a byte slice and read back by a [Decoder].
 //
-// A Decoder checks every length against what is left of its input, so
-// hostile or truncated bytes give an error, never a panic or an allocation
-// larger than the input could describe. Its error is sticky: a record is
-// read field by field and checked once at the end.
+// A Decoder checks every length and count against what is left of its
+// input, so hostile or truncated bytes give an error, never a panic or more
+// elements than the input could hold. Its error is sticky: a record is read
+// field by field and checked once at the end.
 package wire
 
 import (
@@ -144,12 +144,13 @@ func (d *Decoder) Varint() int64 {
 	return int64(u>>1) ^ -int64(u&1)
 }
 
-// Count reads an element count. Each element takes at least one byte, so a
-// count beyond the remaining input is corrupt; this bounds what a caller
-// allocates for the elements by the input's length.
-func (d *Decoder) Count() int {
+// Count reads an element count. Each element takes at least minSize
+// encoded bytes, so a count beyond what the remaining input can hold is
+// corrupt; this bounds what a caller allocates for the elements by the
+// input's length.
+func (d *Decoder) Count(minSize int) int {
 	n := d.Uvarint()
-	if n > uint64(len(d.b)) {
+	if n > uint64(len(d.b)/max(1, minSize)) {
 		d.truncated("list")
 		return 0
 	}
@@ -173,12 +174,12 @@ func (d *Decoder) Bytes() []byte {
 func (d *Decoder) String() string { return string(d.Bytes()) }
 
 // MakeList reads the count that AppendList wrote and returns a slice of
-// that many zero elements for the caller to read into, nil for none. It is
-// allocated once, for at most as many elements as the input has bytes
-// left. (A callback per element, like AppendList's, would move the
-// Decoder to the heap.)
-func MakeList[T any](d *Decoder) []T {
-	n := d.Count()
+// that many zero elements for the caller to read into, nil for none. Each
+// element takes at least minSize encoded bytes (see Count), so the slice
+// is allocated once and bounded by the input. (A callback per element,
+// like AppendList's, would move the Decoder to the heap.)
+func MakeList[T any](d *Decoder, minSize int) []T {
+	n := d.Count(minSize)
 	if n == 0 {
 		return nil
 	}
@@ -187,14 +188,14 @@ func MakeList[T any](d *Decoder) []T {
 
 // Header reads what AppendHeader wrote; an empty header decodes as nil.
 func (d *Decoder) Header() http.Header {
-	n := d.Count()
+	n := d.Count(2) // a name's length and its value count
 	if n == 0 {
 		return nil
 	}
 	h := make(http.Header, n)
 	for range n {
 		k := d.String()
-		vs := make([]string, d.Count())
+		vs := make([]string, d.Count(1))
 		for i := range vs {
 			vs[i] = d.String()
 		}

@@ -58,7 +58,7 @@ func TestDecoderSticky(t *testing.T) {
 	b := binary.AppendUvarint(nil, 1<<40) // a count no input of this size holds
 	b = append(b, wire.AppendString(nil, "after")...)
 	d := wire.NewDecoder(b)
-	if n := d.Count(); n != 0 || d.Err() == nil {
+	if n := d.Count(1); n != 0 || d.Err() == nil {
 		t.Fatalf("Count = %d, %v; want 0 and an error", n, d.Err())
 	}
 	first := d.Err()
@@ -67,5 +67,25 @@ func TestDecoderSticky(t *testing.T) {
 	}
 	if d.End() != first || len(d.Rest()) != 0 {
 		t.Errorf("End = %v, Rest = %x; want the first failure %v and nothing", d.End(), d.Rest(), first)
+	}
+}
+
+// TestCountMinSize: a count is checked against how many elements of the
+// given minimum size the rest of the input can hold, which bounds what a
+// caller allocates for them.
+func TestCountMinSize(t *testing.T) {
+	t.Parallel()
+	rest := make([]byte, 20)
+	for _, c := range []struct {
+		n, minSize int
+		ok         bool
+	}{
+		{20, 1, true}, {21, 1, false}, {5, 4, true}, {6, 4, false}, {0, 8, true},
+	} {
+		d := wire.NewDecoder(append(binary.AppendUvarint(nil, uint64(c.n)), rest...))
+		got := d.Count(c.minSize)
+		if ok := d.Err() == nil; ok != c.ok || (ok && got != c.n) {
+			t.Errorf("Count(%d) of %d with 20 bytes left = %d, %v; want ok %v", c.minSize, c.n, got, d.Err(), c.ok)
+		}
 	}
 }
