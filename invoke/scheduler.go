@@ -114,6 +114,9 @@ type target struct {
 	// TaskReady notice) or dryUntil (zero: no known time) has come.
 	dry      bool
 	dryUntil time.Time
+	// failedUntil holds the target back after a failed Lease, whatever
+	// notices come meanwhile.
+	failedUntil time.Time
 }
 
 type attempt struct {
@@ -427,17 +430,26 @@ func (s *Scheduler) loop(ctx context.Context, wake <-chan struct{}, step func(co
 }
 
 // claim asks for what the free slots and rate limits allow, without
-// waiting: each Lease runs on its own goroutine (see lease), so that slots
+// waiting: each Lease runs on its own goroutine (see leased), so that slots
 // freed while one is being committed are leased in the same commit rather
 // than the next. It returns when to look again: the earliest time a dry
 // target may have a task, or the next token of a rate-limited one.
 func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
+	select {
+	case <-s.stopping: // a poke may win the race with stopping in loop
+		return time.Time{}, nil
+	default:
+	}
 	now := time.Now()
 	var next time.Time
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var reqs []queue.LeaseRequest
 	for _, t := range s.targets {
+		if now.Before(t.failedUntil) {
+			next = earliest(next, t.failedUntil)
+			continue
+		}
 		if t.dry {
 			if t.dryUntil.IsZero() || now.Before(t.dryUntil) {
 				next = earliest(next, t.dryUntil)
@@ -489,10 +501,11 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.leasing--
-	stash := s.stash
-	if s.leasing == 0 {
-		s.stash = nil
-	}
+	defer func() {
+		if s.leasing == 0 {
+			s.stash = nil
+		}
+	}()
 	got := make(map[string]int, len(reqs))
 	if err != nil {
 		s.log.Error("offload: leasing failed; retrying in 1s", "err", err)
@@ -505,7 +518,10 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			t.inflight++
 			got[l.Target]++
 			a := s.start(t, l)
-			if slices.Contains(stash, l.ID) {
+			// A stashed ID names this Lease's task: no other Lease in
+			// flight holds it, and a later one must not see it again.
+			if i := slices.Index(s.stash, l.ID); i >= 0 {
+				s.stash = slices.Delete(s.stash, i, i+1)
 				a.cancel(task.ErrStopped)
 			}
 		}
@@ -520,8 +536,10 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 		t.leases--
 		switch {
 		case err != nil:
-			t.dry, t.dryUntil = true, time.Now().Add(time.Second)
+			t.failedUntil = time.Now().Add(time.Second)
 		case got[r.Target] < r.Max && gen == s.readyGen:
+			// res.Next is the earliest over this Lease's targets: at
+			// worst an early look.
 			t.dry, t.dryUntil = true, res.Next
 		}
 	}
@@ -568,7 +586,7 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 	a := &attempt{cancel: cancel}
 	s.running[l.ID] = a
 	select {
-	case <-s.hardStop: // leased after cancelAll: hand it back at once
+	case <-s.stopping: // leased as Run stopped claiming: hand it back unrun
 		cancel(task.ErrShutdown)
 	default:
 	}
@@ -576,10 +594,13 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 	go func() {
 		defer s.workers.Done()
 		defer cancel(nil)
-		s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
-			Duration: time.Since(l.EnqueuedAt)})
 		started := time.Now()
-		out := s.run(ctx, t, l)
+		out := queue.Outcome{Status: task.Enqueued, Detail: "scheduler stopped before the attempt started"}
+		if !errors.Is(context.Cause(ctx), task.ErrShutdown) {
+			s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
+				Duration: time.Since(l.EnqueuedAt)})
+			out = s.run(ctx, t, l)
+		}
 		// The handler is done: its slot may take the next task now, whose
 		// lease can then share a commit with this finish.
 		s.mu.Lock()
@@ -604,7 +625,9 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 				Duration: time.Since(started), Err: out.Error})
 		}
 		s.mu.Lock()
-		delete(s.running, l.ID)
+		if s.running[l.ID] == a { // a later attempt may have taken the ID's place
+			delete(s.running, l.ID)
+		}
 		t.finishing--
 		s.mu.Unlock()
 		s.poke()

@@ -1,0 +1,160 @@
+package invoke_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/offload-go/offload/invoke"
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// holdByID holds, after its commit, the first Lease whose result holds a
+// task named in hold, until the test closes that task's release channel.
+type holdByID struct {
+	queue.Backend
+	mu        sync.Mutex
+	hold      map[string]bool
+	committed map[string]chan struct{}
+	release   map[string]chan struct{}
+}
+
+func newHoldByID(b queue.Backend) *holdByID {
+	return &holdByID{Backend: b, hold: map[string]bool{}, committed: map[string]chan struct{}{}, release: map[string]chan struct{}{}}
+}
+
+// arm makes the next Lease that claims the task named id wait for release.
+func (h *holdByID) arm(id string) (committed, release chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hold[id] = true
+	h.committed[id], h.release[id] = make(chan struct{}), make(chan struct{})
+	return h.committed[id], h.release[id]
+}
+
+func (h *holdByID) Lease(ctx context.Context, now time.Time, reqs []queue.LeaseRequest) (*queue.LeaseResult, error) {
+	res, err := h.Backend.Lease(ctx, now, reqs)
+	if err != nil {
+		return res, err
+	}
+	for _, l := range res.Leases {
+		h.mu.Lock()
+		held := h.hold[l.ID]
+		delete(h.hold, l.ID)
+		c, r := h.committed[l.ID], h.release[l.ID]
+		h.mu.Unlock()
+		if held {
+			close(c)
+			<-r
+		}
+	}
+	return res, err
+}
+
+// A stop request for a task whose Lease is still in flight is kept until
+// that Lease returns, and then forgotten: while another Lease stays in
+// flight, the same task stopped and retried must run its new attempt
+// uncancelled.
+func TestStopNoticeForgottenOnceUsed(t *testing.T) {
+	q := openQueue(t)
+	h := newHoldByID(q)
+	finished := make(chan invoke.Event, 16)
+	s, err := invoke.New(h, &invoke.Options{Logger: testLogger(t), Observer: func(e invoke.Event) {
+		if e.Kind == invoke.EventFinished {
+			finished <- e
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	zStarted, zRelease := make(chan struct{}), make(chan struct{})
+	causes := make(chan error, 4)
+	retryStarted, retryCheck := make(chan struct{}), make(chan struct{})
+	err = s.Register("a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		at, _ := task.FromContext(r.Context())
+		switch {
+		case at.ID == "job_z":
+			close(zStarted)
+			<-zRelease
+		case at.Number == 1: // job_x, stopped while its Lease is held
+			<-r.Context().Done()
+			causes <- context.Cause(r.Context())
+		default: // job_x retried: cancelled or not, by the time the test looks
+			close(retryStarted)
+			<-retryCheck
+			causes <- context.Cause(r.Context())
+		}
+	}), &invoke.Policy{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register("b", http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), &invoke.Policy{Concurrency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+
+	// Z keeps a's only slot while X waits and Y's Lease (target b) is held.
+	if _, err := s.Enqueue(ctx, &queue.Job{ID: "job_z", Target: "a", Request: getRequest("/")}); err != nil {
+		t.Fatal(err)
+	}
+	<-zStarted
+	xCommitted, xRelease := h.arm("job_x")
+	if _, err := s.Enqueue(ctx, &queue.Job{ID: "job_x", Target: "a", Request: getRequest("/")}); err != nil {
+		t.Fatal(err)
+	}
+	yCommitted, yRelease := h.arm("job_y")
+	if _, err := s.Enqueue(ctx, &queue.Job{ID: "job_y", Target: "b", Request: getRequest("/")}); err != nil {
+		t.Fatal(err)
+	}
+	<-yCommitted // Lease L1 (Y) in flight
+	close(zRelease)
+	<-xCommitted // Lease L2 (X) in flight: leasing == 2
+
+	// Stop X while its Lease is in flight: the notice is stashed.
+	if _, err := q.StopTask(context.Background(), "job_x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.StopTask(context.Background(), "no-such-task"); !errors.Is(err, task.ErrNotFound) {
+		t.Fatalf("StopTask = %v", err) // a later commit: the stop notice was delivered
+	}
+	close(xRelease) // L2 returns: X starts and is cancelled; L1 is still in flight
+	if c := <-causes; !errors.Is(c, task.ErrStopped) {
+		t.Fatalf("first attempt: cause %v, want ErrStopped", c)
+	}
+	for e := range finished {
+		if e.TaskID == "job_x" {
+			if e.Status != task.Stopped {
+				t.Fatalf("X finished %s, want Stopped", e.Status)
+			}
+			break
+		}
+	}
+
+	// Retry X while L1 is still in flight.
+	if _, err := q.RetryTask(context.Background(), "job_x", "retried by the test"); err != nil {
+		t.Fatal(err)
+	}
+	<-retryStarted
+	// The scheduler starts an attempt and applies stop notices to it in one
+	// critical section, which Admit waits for.
+	if err := s.Admit(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	close(retryCheck)
+	c := <-causes
+	close(yRelease)
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if c != nil {
+		t.Errorf("the retried attempt of job_x was cancelled (cause %v) though no stop was asked", c)
+	}
+}
