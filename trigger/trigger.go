@@ -169,17 +169,17 @@ func (tr *Trigger) Middleware(target string) func(http.Handler) http.Handler {
 // classify reports whether r asks for async invocation, and whether it
 // asked by Prefer. It answers 400 itself for an invalid invocation type.
 func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool) {
-	v := r.Header.Get(HeaderInvocationType)
-	if v == "" && len(r.Header["Prefer"]) == 0 {
+	if len(r.Header[HeaderInvocationType]) == 0 && len(r.Header["Prefer"]) == 0 {
 		return false, false, true // the common sync call, decided at once
 	}
 	if _, replay := task.FromContext(r.Context()); replay {
 		return false, false, true // a replay runs the handler itself
 	}
-	if conflicting(r.Header, HeaderInvocationType) {
+	if conflicting(r.Header, HeaderInvocationType, equalFoldASCII) {
 		writeError(w, http.StatusBadRequest, CodeInvalidInvocationType, repeated(HeaderInvocationType))
 		return false, false, false
 	}
+	v := r.Header.Get(HeaderInvocationType)
 	switch {
 	case v == "":
 		if prefersAsync(r.Header.Values("Prefer")) {
@@ -198,12 +198,13 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 }
 
 // conflicting reports whether a header that must have one value is
-// repeated with different values, which a proxy and this middleware could
-// read differently (one taking the first, the other the last).
-func conflicting(h http.Header, name string) bool {
+// repeated with values that are not the same, which a proxy and this
+// middleware could read differently (one taking the first, the other the
+// last).
+func conflicting(h http.Header, name string, same func(a, b string) bool) bool {
 	vs := h[name]
 	for _, v := range vs {
-		if v != vs[0] {
+		if !same(v, vs[0]) {
 			return true
 		}
 	}
@@ -287,7 +288,7 @@ func (tr *Trigger) parse(h http.Header) (params, string, string) {
 		{HeaderStatefulID, CodeInvalidTaskID},
 		{HeaderIdempotencyKey, CodeInvalidIdempotencyKey},
 	} {
-		if conflicting(h, c.name) {
+		if conflicting(h, c.name, func(a, b string) bool { return a == b }) {
 			return p, c.code, repeated(c.name)
 		}
 	}

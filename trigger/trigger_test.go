@@ -283,8 +283,10 @@ func TestAsyncContract(t *testing.T) {
 		// 400, nothing stored (a proxy may read the other value).
 		{name: "Sync and Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "Sync"},
 			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
-		{name: "Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "Async"},
+		{name: "Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "async"},
 			wantStatus: 202, wantStored: 1},
+		{name: "empty then Async", header: []string{trigger.HeaderInvocationType, "", trigger.HeaderInvocationType, "Async"},
+			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
 		{name: "two delays", header: with(trigger.HeaderAsyncDelay, "1", trigger.HeaderAsyncDelay, "2"),
 			wantStatus: 400, wantCode: trigger.CodeInvalidAsyncDelay},
 		{name: "two task IDs", header: with(trigger.HeaderAsyncTaskID, "job_a", trigger.HeaderAsyncTaskID, "job_b"),
