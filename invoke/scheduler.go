@@ -501,11 +501,6 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.leasing--
-	defer func() {
-		if s.leasing == 0 {
-			s.stash = nil
-		}
-	}()
 	got := make(map[string]int, len(reqs))
 	if err != nil {
 		s.log.Error("offload: leasing failed; retrying in 1s", "err", err)
@@ -542,6 +537,9 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			// worst an early look.
 			t.dry, t.dryUntil = true, res.Next
 		}
+	}
+	if s.leasing == 0 {
+		s.stash = nil // what is left names tasks of no Lease
 	}
 }
 
