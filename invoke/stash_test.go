@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/offload-go/offload/invoke"
@@ -157,4 +158,52 @@ func TestStopNoticeForgottenOnceUsed(t *testing.T) {
 	if c != nil {
 		t.Errorf("the retried attempt of job_x was cancelled (cause %v) though no stop was asked", c)
 	}
+}
+
+// An attempt that ends removes its own entry among the running attempts,
+// never the entry of the task's next attempt: here attempt 1 answers 429
+// with Retry-After: 0, attempt 2 starts before attempt 1's goroutine has
+// finished (the Observer holds it), and a stop request afterwards must
+// still reach attempt 2.
+func TestEndedAttemptLeavesNextAttemptStoppable(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		retried, release := make(chan struct{}), make(chan struct{})
+		b := setup(t, &invoke.Options{Observer: func(e invoke.Event) {
+			if e.Kind == invoke.EventRetried {
+				close(retried)
+				<-release // attempt 1's goroutine, after its finish
+			}
+		}})
+		second := make(chan struct{})
+		causes := make(chan error, 1)
+		b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if a, _ := task.FromContext(r.Context()); a.Number == 1 {
+				w.Header().Set("Retry-After", "0")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			close(second)
+			select {
+			case <-r.Context().Done():
+				causes <- context.Cause(r.Context())
+			case <-time.After(time.Hour): // on the bubble's clock: nothing else was left to run
+				causes <- nil
+			}
+		}), nil)
+		b.start()
+		id := b.enqueue(&queue.Job{Target: "work"})
+		<-retried
+		<-second
+		close(release)
+		synctest.Wait() // attempt 1's goroutine has ended
+		if _, err := task.Stop(context.Background(), b.q, id); err != nil {
+			t.Fatal(err)
+		}
+		if cause := <-causes; !errors.Is(cause, task.ErrStopped) {
+			t.Errorf("attempt 2's context cause %v; want task.ErrStopped", cause)
+		}
+		synctest.Wait()
+		b.wantStatus(id, task.Stopped, 2)
+	})
 }
