@@ -16,6 +16,14 @@
 // a slot frees, or the next delayed task's time arrives. Every goroutine it
 // starts has ended when Run returns.
 //
+// A target whose handlers return sooner than a lease takes to commit leases
+// tasks ahead of its free slots, up to Concurrency more, so that its slots
+// do not sit idle while the next tasks are leased. Such a task shows Running
+// while it waits for a slot, about one commit; it is handed back unrun when
+// the scheduler stops, and ends Stopped without running when stopped.
+// Targets with slower handlers lease proportionally fewer ahead, and
+// rate-limited targets none.
+//
 // A replayed handler sees the original method, URL, headers, body, host,
 // remote address and path values, plus X-Fc-Request-Id and
 // X-Fc-Retry-Count. Its context carries the attempt ([task.FromContext]) and

@@ -117,10 +117,40 @@ type target struct {
 	// failedUntil holds the target back after a failed Lease, whatever
 	// notices come meanwhile.
 	failedUntil time.Time
+	// waiting holds attempts leased ahead of a free slot, in lease order;
+	// see ahead.
+	waiting []*attempt
+	// runTime and leaseTime are moving averages of a handler's run and of a
+	// Lease's round trip, zero until measured; see ahead.
+	runTime, leaseTime time.Duration
+}
+
+// ahead is how many tasks t may lease beyond its free slots. A slot whose
+// handler returns sooner than a Lease commits would sit idle while its next
+// task is leased; leasing ahead the slots expected to free during one Lease
+// keeps them busy. A task leased ahead shows Running while it waits, for
+// about one Lease, so targets with slower handlers lease fewer ahead, and
+// rate-limited ones none.
+func (t *target) ahead() int {
+	if t.limiter != nil || t.runTime <= 0 {
+		return 0
+	}
+	return int(min(int64(t.policy.Concurrency), int64(t.policy.Concurrency)*int64(t.leaseTime)/int64(t.runTime)))
+}
+
+// average folds sample into a moving average that weighs it 1/8.
+func average(avg *time.Duration, sample time.Duration) {
+	if *avg == 0 {
+		*avg = sample
+		return
+	}
+	*avg += (sample - *avg) / 8
 }
 
 type attempt struct {
+	ctx    context.Context
 	cancel context.CancelCauseFunc
+	lease  *queue.Lease
 }
 
 // ErrStarted is returned by Register after Run has started, and by a
@@ -311,6 +341,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	// deliveries their grace period. Undelivered records stay in the
 	// outbox for the next run.
 	s.stopOnce.Do(func() { close(s.stopping) })
+	s.handBackWaiting()
 	grace := time.NewTimer(s.opts.ShutdownTimeout)
 	defer grace.Stop()
 	drained := make(chan struct{})
@@ -457,8 +488,8 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 			}
 			t.dry = false
 		}
-		busy := t.inflight + t.reserved
-		free := min(t.policy.Concurrency-busy, 2*t.policy.Concurrency-busy-t.finishing)
+		busy := t.inflight + t.reserved + len(t.waiting)
+		free := t.policy.Concurrency + t.ahead() - busy - max(0, t.finishing-t.policy.Concurrency)
 		if free <= 0 {
 			continue
 		}
@@ -510,14 +541,18 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			if t.limiter != nil {
 				t.limiter.AllowN(now, 1) // take the token counted by claim
 			}
-			t.inflight++
 			got[l.Target]++
-			a := s.start(t, l)
+			a := s.begin(l)
 			// A stashed ID names this Lease's task: no other Lease in
 			// flight holds it, and a later one must not see it again.
 			if i := slices.Index(s.stash, l.ID); i >= 0 {
 				s.stash = slices.Delete(s.stash, i, i+1)
 				a.cancel(task.ErrStopped)
+			}
+			if t.inflight < t.policy.Concurrency || a.ctx.Err() != nil {
+				s.launch(t, a) // one cancelled already ends at once
+			} else {
+				t.waiting = append(t.waiting, a)
 			}
 		}
 		for _, t := range res.Expired {
@@ -525,10 +560,14 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
 		}
 	}
+	took := time.Since(now)
 	for _, r := range reqs {
 		t := s.targets[r.Target]
 		t.reserved -= r.Max
 		t.leases--
+		if err == nil {
+			average(&t.leaseTime, took)
+		}
 		switch {
 		case err != nil:
 			t.failedUntil = time.Now().Add(time.Second)
@@ -578,32 +617,77 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// start begins one attempt; s.mu is held.
-func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
+// begin makes the attempt of a leased task, cancelled at once if Run has
+// stopped claiming (it is then handed back unrun); s.mu is held.
+func (s *Scheduler) begin(l *queue.Lease) *attempt {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	a := &attempt{cancel: cancel}
+	a := &attempt{ctx: ctx, cancel: cancel, lease: l}
 	s.running[l.ID] = a
 	select {
-	case <-s.stopping: // leased as Run stopped claiming: hand it back unrun
+	case <-s.stopping:
 		cancel(task.ErrShutdown)
 	default:
 	}
+	return a
+}
+
+// startWaiting launches the attempts leased ahead that t's free slots now
+// take; s.mu is held.
+func (s *Scheduler) startWaiting(t *target) {
+	for len(t.waiting) > 0 && t.inflight < t.policy.Concurrency {
+		a := t.waiting[0]
+		t.waiting[0] = nil
+		t.waiting = t.waiting[1:]
+		s.launch(t, a)
+	}
+}
+
+// handBackWaiting ends, unrun, every attempt leased ahead: Run has stopped
+// claiming and none of them has started.
+func (s *Scheduler) handBackWaiting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.targets {
+		for _, a := range t.waiting {
+			a.cancel(task.ErrShutdown)
+			s.launch(t, a)
+		}
+		t.waiting = nil
+	}
+}
+
+// launch runs an attempt in a slot of t; s.mu is held. An attempt cancelled
+// before it started does not run its handler: stopped, it fails; shut
+// down, it is handed back uncounted.
+func (s *Scheduler) launch(t *target, a *attempt) {
+	t.inflight++
+	ctx, l := a.ctx, a.lease
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
-		defer cancel(nil)
+		defer a.cancel(nil)
 		started := time.Now()
-		out := queue.Outcome{Status: task.Enqueued, Detail: "scheduler stopped before the attempt started"}
-		if !errors.Is(context.Cause(ctx), task.ErrShutdown) {
+		var out queue.Outcome
+		ran := false
+		switch cause := context.Cause(ctx); {
+		case errors.Is(cause, task.ErrShutdown):
+			out = queue.Outcome{Status: task.Enqueued, Detail: "scheduler stopped before the attempt started"}
+		case errors.Is(cause, task.ErrStopped):
+			out = queue.Outcome{Status: task.Failed, Error: "stopped on request before the attempt started"}
+		default:
 			s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
 				Duration: time.Since(l.EnqueuedAt)})
-			out = s.run(ctx, t, l)
+			out, ran = s.run(ctx, t, l), true
 		}
 		// The handler is done: its slot may take the next task now, whose
 		// lease can then share a commit with this finish.
 		s.mu.Lock()
 		t.inflight--
 		t.finishing++
+		if ran {
+			average(&t.runTime, time.Since(started))
+		}
+		s.startWaiting(t)
 		s.mu.Unlock()
 		s.poke()
 		// Record the outcome even while shutting down: it is what happened.
@@ -630,5 +714,4 @@ func (s *Scheduler) start(t *target, l *queue.Lease) *attempt {
 		s.mu.Unlock()
 		s.poke()
 	}()
-	return a
 }

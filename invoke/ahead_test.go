@@ -1,0 +1,109 @@
+package invoke_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/offload-go/offload/invoke"
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+// aheadBundle runs target "work" (Concurrency 1) whose handler reports the
+// task it runs on entered and returns once release is called; run and
+// lease are its measured averages, which decide how many tasks it leases
+// ahead. It enqueues two tasks and returns when the first is running and
+// the scheduler has settled, the second leased ahead or not.
+func aheadBundle(t *testing.T, run, lease time.Duration) (b *testBundle, first, second string, entered chan string, release func()) {
+	b = setup(t, &invoke.Options{ShutdownTimeout: time.Hour})
+	entered = make(chan string, 4)
+	released := make(chan struct{})
+	release = sync.OnceFunc(func() { close(released) })
+	b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, _ := task.FromContext(r.Context())
+		entered <- a.ID
+		<-released
+	}), &invoke.Policy{Concurrency: 1})
+	invoke.SetAverages(b.sched, "work", run, lease)
+	b.start()
+	t.Cleanup(release) // before Run is stopped, should the test fail first
+	first = b.enqueue(&queue.Job{Target: "work"})
+	if id := <-entered; id != first {
+		t.Fatalf("entered %s, want %s", id, first)
+	}
+	second = b.enqueue(&queue.Job{Target: "work"})
+	synctest.Wait()
+	return b, first, second, entered, release
+}
+
+func noneEntered(t *testing.T, entered chan string) {
+	t.Helper()
+	select {
+	case id := <-entered:
+		t.Fatalf("task %s entered its handler", id)
+	default:
+	}
+}
+
+// A target whose handlers return sooner than a Lease commits leases the
+// next task while its only slot is taken; the task waits for the slot,
+// and Stop hands it back at once, unrun and uncounted, while the running
+// attempt is let finish.
+func TestLeaseAheadHandedBackAtStop(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b, first, second, entered, release := aheadBundle(t, time.Microsecond, time.Millisecond)
+		b.wantStatus(second, task.Running, 1) // leased ahead
+		noneEntered(t, entered)
+
+		stopped := make(chan error, 1)
+		go func() { stopped <- b.sched.Stop(context.Background()) }()
+		synctest.Wait()
+		b.wantStatus(second, task.Enqueued, 0)
+		b.wantStatus(first, task.Running, 1)
+		release()
+		if err := <-stopped; err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		b.wantStatus(first, task.Succeeded, 1)
+		noneEntered(t, entered)
+	})
+}
+
+// A task leased ahead and stopped before its slot frees ends Stopped
+// without entering its handler.
+func TestLeaseAheadStoppedBeforeStart(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b, first, second, entered, release := aheadBundle(t, time.Microsecond, time.Millisecond)
+		if _, err := task.Stop(context.Background(), b.q, second); err != nil {
+			t.Fatal(err)
+		}
+		release()
+		synctest.Wait()
+		b.wantStatus(first, task.Succeeded, 1)
+		b.wantStatus(second, task.Stopped, 1)
+		noneEntered(t, entered)
+	})
+}
+
+// A target whose handlers take longer than a Lease leases nothing ahead:
+// the next task stays Enqueued until the slot frees, then runs.
+func TestSlowTargetLeasesNothingAhead(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b, first, second, entered, release := aheadBundle(t, time.Second, time.Millisecond)
+		b.wantStatus(second, task.Enqueued, 0)
+		release()
+		if id := <-entered; id != second {
+			t.Fatalf("entered %s, want %s", id, second)
+		}
+		synctest.Wait()
+		b.wantStatus(first, task.Succeeded, 1)
+		b.wantStatus(second, task.Succeeded, 1)
+	})
+}
