@@ -74,8 +74,8 @@ func TestLeaseAheadHandedBackAtStop(t *testing.T) {
 	})
 }
 
-// A task leased ahead and stopped before its slot frees ends Stopped
-// without entering its handler.
+// A task leased ahead and stopped while the slot is still taken ends
+// Stopped at once, without entering its handler.
 func TestLeaseAheadStoppedBeforeStart(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -83,11 +83,43 @@ func TestLeaseAheadStoppedBeforeStart(t *testing.T) {
 		if _, err := task.Stop(context.Background(), b.q, second); err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait()
+		b.wantStatus(second, task.Stopped, 1)
+		b.wantStatus(first, task.Running, 1)
 		release()
 		synctest.Wait()
 		b.wantStatus(first, task.Succeeded, 1)
-		b.wantStatus(second, task.Stopped, 1)
 		noneEntered(t, entered)
+	})
+}
+
+// A task leased ahead whose slot does not free in time is handed back,
+// uncounted, and the target leases no more ahead: the task waits Enqueued,
+// where another replica could take it, and runs once the slot frees.
+func TestLeaseAheadHandedBackWhenNoSlotFrees(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b, first, second, entered, release := aheadBundle(t, time.Microsecond, time.Millisecond)
+		b.wantStatus(second, task.Running, 1)
+		time.Sleep(time.Second) // on the bubble's clock, once all else waits
+		synctest.Wait()
+		leases := 0
+		for _, e := range b.wantStatus(second, task.Enqueued, 0).Events {
+			if e.Status == task.Running {
+				leases++
+			}
+		}
+		if leases != 1 {
+			t.Errorf("second task leased %d times while the slot stayed taken; want once", leases)
+		}
+		noneEntered(t, entered)
+		release()
+		if id := <-entered; id != second {
+			t.Fatalf("entered %s, want %s", id, second)
+		}
+		synctest.Wait()
+		b.wantStatus(first, task.Succeeded, 1)
+		b.wantStatus(second, task.Succeeded, 1)
 	})
 }
 

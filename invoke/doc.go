@@ -16,13 +16,16 @@
 // a slot frees, or the next delayed task's time arrives. Every goroutine it
 // starts has ended when Run returns.
 //
-// A target whose handlers return sooner than a lease takes to commit leases
-// tasks ahead of its free slots, up to Concurrency more, so that its slots
-// do not sit idle while the next tasks are leased. Such a task shows Running
-// while it waits for a slot, about one commit; it is handed back unrun when
-// the scheduler stops, and ends Stopped without running when stopped.
-// Targets with slower handlers lease proportionally fewer ahead, and
-// rate-limited targets none.
+// A target whose slots free faster than a lease commits leases tasks ahead
+// of its free slots, about as many as free during one lease and at most
+// Concurrency more, so that its slots do not sit idle while the next tasks
+// are leased; targets whose handlers take longer lease fewer ahead, in
+// proportion, and rate-limited targets none. A task leased ahead shows
+// Running while it waits for a slot. It ends Stopped at once, without
+// running, when stopped; it is handed back to the queue, uncounted, when
+// the scheduler stops or when no slot frees within two lease times (at
+// least 10 ms), and the target then leases none ahead until its handlers
+// return quickly again.
 //
 // A replayed handler sees the original method, URL, headers, body, host,
 // remote address and path values, plus X-Fc-Request-Id and

@@ -30,9 +30,9 @@ const NoRetries = -1
 // Policy says how a target's tasks run. The zero value means all defaults.
 type Policy struct {
 	// Concurrency bounds the target's attempts running at once.
-	// Defaults to DefaultConcurrency. Quick handlers may have up to as
-	// many tasks more leased ahead, waiting for a slot (see the package
-	// doc).
+	// Defaults to DefaultConcurrency. A target whose handlers return
+	// sooner than a lease commits may have up to as many tasks more
+	// leased ahead, waiting briefly for a slot (see the package doc).
 	Concurrency int
 	// Timeout bounds one attempt; the handler's context is cancelled with
 	// cause task.ErrTimeout when it passes, and the attempt is retried.

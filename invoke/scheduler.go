@@ -102,8 +102,8 @@ type target struct {
 	limiter  *rate.Limiter // nil without Policy.RateLimit
 	inflight int           // handlers running
 	// finishing counts attempts whose handler has returned and whose
-	// outcome is being written. They hold no slot, but at most
-	// Concurrency of them may wait, so that a store that keeps failing
+	// outcome is being written. They hold no slot, but beyond Concurrency
+	// of them the target leases less, so that a store that keeps failing
 	// finishes cannot pile up attempts.
 	finishing int
 	// reserved counts the slots asked for by Leases in flight.
@@ -125,18 +125,29 @@ type target struct {
 	runTime, leaseTime time.Duration
 }
 
-// ahead is how many tasks t may lease beyond its free slots. A slot whose
-// handler returns sooner than a Lease commits would sit idle while its next
-// task is leased; leasing ahead the slots expected to free during one Lease
-// keeps them busy. A task leased ahead shows Running while it waits, for
-// about one Lease, so targets with slower handlers lease fewer ahead, and
-// rate-limited ones none.
+// ahead is how many tasks t may lease beyond its free slots: about as many
+// as its slots free during one Lease, at most Concurrency. A slot whose
+// handler returns sooner than a Lease commits would otherwise sit idle
+// while its next task is leased. Targets whose handlers take longer than a
+// Lease lease fewer ahead, in proportion, and rate-limited ones none.
 func (t *target) ahead() int {
-	if t.limiter != nil || t.runTime <= 0 {
+	if t.limiter != nil || t.runTime <= 0 || t.leaseTime <= 0 {
 		return 0
 	}
-	return int(min(int64(t.policy.Concurrency), int64(t.policy.Concurrency)*int64(t.leaseTime)/int64(t.runTime)))
+	c := float64(t.policy.Concurrency)
+	return int(min(c, c*float64(t.leaseTime)/float64(t.runTime)))
 }
+
+// maxWait is how long a task leased ahead may wait for a slot before it is
+// handed back, for another Lease (or another replica) to take: twice a
+// Lease, and at least minWait.
+func (t *target) maxWait() time.Duration { return max(2*t.leaseTime, minWait) }
+
+const minWait = 10 * time.Millisecond
+
+// errNoSlot is the cause of a task leased ahead and handed back because no
+// slot freed within maxWait.
+var errNoSlot = errors.New("invoke: no slot freed for a task leased ahead")
 
 // average folds sample into a moving average that weighs it 1/8.
 func average(avg *time.Duration, sample time.Duration) {
@@ -151,6 +162,7 @@ type attempt struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	lease  *queue.Lease
+	since  time.Time // when it began waiting for a slot, if leased ahead
 }
 
 // ErrStarted is returned by Register after Run has started, and by a
@@ -413,6 +425,7 @@ func (s *Scheduler) notice(n queue.Notice) {
 		s.mu.Lock()
 		if a, ok := s.running[n.ID]; ok {
 			a.cancel(task.ErrStopped)
+			s.endWaiting(a) // if leased ahead, it need not wait for a slot to end
 		} else if s.leasing > 0 {
 			s.stash = append(s.stash, n.ID)
 		}
@@ -477,6 +490,7 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 	defer s.mu.Unlock()
 	var reqs []queue.LeaseRequest
 	for _, t := range s.targets {
+		next = earliest(next, s.expireWaiting(t, now))
 		if now.Before(t.failedUntil) {
 			next = earliest(next, t.failedUntil)
 			continue
@@ -552,6 +566,7 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			if t.inflight < t.policy.Concurrency || a.ctx.Err() != nil {
 				s.launch(t, a) // one cancelled already ends at once
 			} else {
+				a.since = now
 				t.waiting = append(t.waiting, a)
 			}
 		}
@@ -631,15 +646,57 @@ func (s *Scheduler) begin(l *queue.Lease) *attempt {
 	return a
 }
 
+// popWaiting removes and returns the attempt that has waited longest.
+func (t *target) popWaiting() *attempt {
+	a := t.waiting[0]
+	t.waiting[0] = nil
+	t.waiting = t.waiting[1:]
+	return a
+}
+
 // startWaiting launches the attempts leased ahead that t's free slots now
-// take; s.mu is held.
+// take; s.mu is held. Once Run has stopped claiming they are handed back
+// instead, as handBackWaiting would.
 func (s *Scheduler) startWaiting(t *target) {
 	for len(t.waiting) > 0 && t.inflight < t.policy.Concurrency {
-		a := t.waiting[0]
-		t.waiting[0] = nil
-		t.waiting = t.waiting[1:]
+		a := t.popWaiting()
+		select {
+		case <-s.stopping:
+			a.cancel(task.ErrShutdown)
+		default:
+		}
 		s.launch(t, a)
 	}
+}
+
+// endWaiting launches a, cancelled, at once if it is waiting for a slot; s.mu
+// is held.
+func (s *Scheduler) endWaiting(a *attempt) {
+	t := s.targets[a.lease.Target]
+	if i := slices.Index(t.waiting, a); i >= 0 {
+		t.waiting = slices.Delete(t.waiting, i, i+1)
+		s.launch(t, a)
+	}
+}
+
+// expireWaiting hands back the tasks leased ahead that have waited for a
+// slot longer than maxWait, and returns when the next one will have (zero:
+// none waits). Slots that free this slowly mean the handlers' average run
+// time understates them: it is raised to what would have leased none
+// ahead, and the returns of quick handlers bring it down again. s.mu is
+// held.
+func (s *Scheduler) expireWaiting(t *target, now time.Time) time.Time {
+	wait := t.maxWait()
+	for len(t.waiting) > 0 && now.Sub(t.waiting[0].since) >= wait {
+		a := t.popWaiting()
+		a.cancel(errNoSlot)
+		s.launch(t, a)
+		t.runTime = max(t.runTime, time.Duration(t.policy.Concurrency)*wait)
+	}
+	if len(t.waiting) == 0 {
+		return time.Time{}
+	}
+	return t.waiting[0].since.Add(wait)
 }
 
 // handBackWaiting ends, unrun, every attempt leased ahead: Run has stopped
@@ -672,6 +729,8 @@ func (s *Scheduler) launch(t *target, a *attempt) {
 		switch cause := context.Cause(ctx); {
 		case errors.Is(cause, task.ErrShutdown):
 			out = queue.Outcome{Status: task.Enqueued, Detail: "scheduler stopped before the attempt started"}
+		case errors.Is(cause, errNoSlot):
+			out = queue.Outcome{Status: task.Enqueued, Detail: "leased ahead and handed back: no slot freed in time"}
 		case errors.Is(cause, task.ErrStopped):
 			out = queue.Outcome{Status: task.Failed, Error: "stopped on request before the attempt started"}
 		default:
