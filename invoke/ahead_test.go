@@ -40,6 +40,19 @@ func aheadBundle(t *testing.T, run, lease time.Duration) (b *testBundle, first, 
 	return b, first, second, entered, release
 }
 
+// bothRunAfterRelease releases the first task's handler and checks that the
+// second then runs, and both succeed once each.
+func bothRunAfterRelease(t *testing.T, b *testBundle, first, second string, entered chan string, release func()) {
+	t.Helper()
+	release()
+	if id := <-entered; id != second {
+		t.Fatalf("entered %s, want %s", id, second)
+	}
+	synctest.Wait()
+	b.wantStatus(first, task.Succeeded, 1)
+	b.wantStatus(second, task.Succeeded, 1)
+}
+
 func noneEntered(t *testing.T, entered chan string) {
 	t.Helper()
 	select {
@@ -113,13 +126,7 @@ func TestLeaseAheadHandedBackWhenNoSlotFrees(t *testing.T) {
 			t.Errorf("second task leased %d times while the slot stayed taken; want once", leases)
 		}
 		noneEntered(t, entered)
-		release()
-		if id := <-entered; id != second {
-			t.Fatalf("entered %s, want %s", id, second)
-		}
-		synctest.Wait()
-		b.wantStatus(first, task.Succeeded, 1)
-		b.wantStatus(second, task.Succeeded, 1)
+		bothRunAfterRelease(t, b, first, second, entered, release)
 	})
 }
 
@@ -130,12 +137,6 @@ func TestSlowTargetLeasesNothingAhead(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b, first, second, entered, release := aheadBundle(t, time.Second, time.Millisecond)
 		b.wantStatus(second, task.Enqueued, 0)
-		release()
-		if id := <-entered; id != second {
-			t.Fatalf("entered %s, want %s", id, second)
-		}
-		synctest.Wait()
-		b.wantStatus(first, task.Succeeded, 1)
-		b.wantStatus(second, task.Succeeded, 1)
+		bothRunAfterRelease(t, b, first, second, entered, release)
 	})
 }
