@@ -181,7 +181,12 @@ func (s *state) addEvent(e task.Event) {
 }
 
 func loadState(tx *bolt.Tx, key []byte, m *jobMeta) (*state, error) {
-	v := tx.Bucket(bState).Get(key)
+	return stateOf(key, m, tx.Bucket(bState).Get(key))
+}
+
+// stateOf decodes v, the state record of the task stored under key, or
+// returns its initial state when it has none.
+func stateOf(key []byte, m *jobMeta, v []byte) (*state, error) {
 	if v == nil {
 		return initialState(m), nil
 	}

@@ -142,7 +142,7 @@ func (o *purgeOp) apply(w *writer) error {
 		if err != nil {
 			return err
 		}
-		s, err := loadState(w.tx, key, m)
+		s, err := w.loadState(key, m)
 		if err != nil {
 			return err
 		}

@@ -190,12 +190,12 @@ func (o *leaseOp) apply(w *writer) error {
 }
 
 func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
-	rec := w.tasks.Get(key)
+	rec := w.get(w.tasks, key)
 	m, reqBytes, err := decodeMeta(rec)
 	if err != nil {
 		return fmt.Errorf("task %s: %w", ulidString(key), err)
 	}
-	s, err := loadState(w.tx, key, m)
+	s, err := w.loadState(key, m)
 	if err != nil {
 		return err
 	}
@@ -258,7 +258,7 @@ func (o *finishOp) apply(w *writer) error {
 	l, out := o.lease, o.out
 	// A leased task has a state record, and its lease names its target:
 	// the job record need not be read. No state record means no lease.
-	v := w.states.Get(l.Key)
+	v := w.get(w.states, l.Key)
 	var s *state
 	if v != nil {
 		var err error
