@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,14 +40,27 @@ type reporterKey struct{}
 // report to r, logging also through base.
 func WithReporter(ctx context.Context, r Reporter, base *slog.Logger) context.Context {
 	a, _ := FromContext(ctx)
-	l := slog.New(&reportHandler{next: base.Handler(), r: r, attempt: a.Number}).
-		With("task", a.ID, "target", a.Target, "attempt", a.Number)
-	return context.WithValue(ctx, reporterKey{}, reporting{r: r, logger: l})
+	return context.WithValue(ctx, reporterKey{}, &reporting{r: r, base: base, attempt: a})
 }
 
+// reporting is what WithReporter puts in a context. Its logger is built on
+// the first call to Logger: most handlers never log, and building it costs
+// more allocations than the rest of a replay's context.
 type reporting struct {
-	r      Reporter
-	logger *slog.Logger
+	r       Reporter
+	base    *slog.Logger
+	attempt Attempt
+	once    sync.Once
+	logger  *slog.Logger
+}
+
+func (rp *reporting) log() *slog.Logger {
+	rp.once.Do(func() {
+		a := rp.attempt
+		rp.logger = slog.New(&reportHandler{next: rp.base.Handler(), r: rp.r, attempt: a.Number}).
+			With("task", a.ID, "target", a.Target, "attempt", a.Number)
+	})
+	return rp.logger
 }
 
 // Logger returns the logger of the task running in ctx: its records are
@@ -54,8 +68,8 @@ type reporting struct {
 // shown by [Query], and passed on to the application's logger. Outside a
 // replay (a sync call) it returns slog.Default().
 func Logger(ctx context.Context) *slog.Logger {
-	if rp, ok := ctx.Value(reporterKey{}).(reporting); ok {
-		return rp.logger
+	if rp, ok := ctx.Value(reporterKey{}).(*reporting); ok {
+		return rp.log()
 	}
 	return slog.Default()
 }
@@ -65,7 +79,7 @@ func Logger(ctx context.Context) *slog.Logger {
 // cheap enough for a hot loop: writes are coalesced. Outside a replay it
 // does nothing.
 func SetProgress(ctx context.Context, percent float64, message string) {
-	if rp, ok := ctx.Value(reporterKey{}).(reporting); ok {
+	if rp, ok := ctx.Value(reporterKey{}).(*reporting); ok {
 		rp.r.SetProgress(min(max(percent, 0), 100), message)
 	}
 }
