@@ -102,7 +102,7 @@ const (
 	EventEnqueued  EventKind = "enqueued"  // a task was stored
 	EventStarted   EventKind = "started"   // an attempt started; Duration is the time since enqueue (or retry)
 	EventRetried   EventKind = "retried"   // an attempt failed and another will follow; Duration is the attempt's
-	EventFinished  EventKind = "finished"  // a task reached a terminal status; Duration is the last attempt's
+	EventFinished  EventKind = "finished"  // a task reached a terminal status; Duration is the last attempt's (a task stopped before its attempt started has no EventStarted)
 	EventExpired   EventKind = "expired"   // a task passed MaxAge before it could run
 	EventDelivered EventKind = "delivered" // a delivery try ended (Err says if it failed); Duration is the try's
 )

@@ -736,7 +736,8 @@ func (s *Scheduler) launch(t *target, a *attempt) {
 		default:
 			s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
 				Duration: time.Since(l.EnqueuedAt)})
-			out, ran = s.run(ctx, t, l), true
+			out = s.run(ctx, t, l)
+			ran = out.Status != task.Invalid // Invalid: the handler was never entered
 		}
 		// The handler is done: its slot may take the next task now, whose
 		// lease can then share a commit with this finish.
