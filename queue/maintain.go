@@ -137,7 +137,7 @@ func (o *purgeOp) apply(w *writer) error {
 	}
 	for _, dk := range keys {
 		key := dk[8:]
-		rec := w.tasks.Get(key)
+		rec := w.get(w.tasks, key)
 		m, reqBytes, err := decodeMeta(rec)
 		if err != nil {
 			return err
@@ -154,32 +154,31 @@ func (o *purgeOp) apply(w *writer) error {
 		}
 		if blob, err := recordBlob(m, reqBytes); err == nil && blob != "" {
 			o.blobs = append(o.blobs, blob)
-			if err := w.blobs.Delete([]byte(blob)); err != nil {
+			if err := w.del(w.blobs, []byte(blob)); err != nil {
 				return err
 			}
 		}
 		if ib := w.index.Bucket([]byte(m.target)); ib != nil {
-			if err := ib.Delete(statusKey(s.Status, key)); err != nil {
+			if err := w.del(ib, w.statusKey(s.Status, key)); err != nil {
 				return err
 			}
 		}
 		w.count(m.target, s.Status, -1)
 		if m.callerID != "" {
-			if err := w.ids.Delete([]byte(m.callerID)); err != nil {
+			if err := w.del(w.ids, []byte(m.callerID)); err != nil {
 				return err
 			}
 		}
 		if m.idemKey != "" {
-			if err := w.idem.Delete(idemKey(m.target, m.idemKey)); err != nil {
+			if err := w.del(w.idem, idemKey(m.target, m.idemKey)); err != nil {
 				return err
 			}
 		}
-		for _, del := range []func() error{
-			func() error { return w.done.Delete(dk) },
-			func() error { return w.states.Delete(key) },
-			func() error { return w.tasks.Delete(key) },
-		} {
-			if err := del(); err != nil {
+		for _, d := range []struct {
+			b   *bolt.Bucket
+			key []byte
+		}{{w.done, dk}, {w.states, key}, {w.tasks, key}} {
+			if err := w.del(d.b, d.key); err != nil {
 				return err
 			}
 		}

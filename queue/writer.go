@@ -58,9 +58,10 @@ func (w *writer) sub(parent *bolt.Bucket, target string) (*bolt.Bucket, error) {
 
 // timeKey is timeKey(t, key) built in w's key buffer, and statusKey is
 // statusKey(s, key): they save an allocation per index entry. Such a key is
-// valid until the next one is built and may only be passed to Put, Get and
-// Delete, which keep none of their key (bbolt's Put stores a copy since
-// v1.4); a value is kept until the commit and must never come from it.
+// valid until the next one is built and may only be passed to Put, Get,
+// Delete, get and del, which keep none of their key (bbolt's Put stores a
+// copy since v1.4); a value is kept until the commit and must never come
+// from it.
 func (w *writer) timeKey(t time.Time, key []byte) []byte {
 	w.kbuf = append(binary.BigEndian.AppendUint64(w.kbuf[:0], uint64(t.UnixNano())), key...)
 	return w.kbuf
@@ -215,7 +216,7 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 		w.wake = true
 	}
 	if from.Terminal() {
-		if err := w.done.Delete(w.timeKey(s.FinishedAt, key)); err != nil {
+		if err := w.del(w.done, w.timeKey(s.FinishedAt, key)); err != nil {
 			return err
 		}
 		s.FinishedAt = time.Time{}

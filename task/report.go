@@ -37,8 +37,11 @@ type Reporter interface {
 type reporterKey struct{}
 
 // WithReporter returns a copy of ctx whose [Logger] and [SetProgress]
-// report to r, logging also through base.
+// report to r, logging also through base (slog.Default() if nil).
 func WithReporter(ctx context.Context, r Reporter, base *slog.Logger) context.Context {
+	if base == nil {
+		base = slog.Default()
+	}
 	a, _ := FromContext(ctx)
 	return context.WithValue(ctx, reporterKey{}, &reporting{r: r, base: base, attempt: a})
 }
