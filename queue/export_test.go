@@ -11,3 +11,9 @@ func DecodeStateForTest(rec []byte) (response *task.Response, sealedResponse []b
 	}
 	return s.Response, s.SealedResponse, nil
 }
+
+// UsedSizeForTest returns the size of the pages the database uses.
+func UsedSizeForTest(q *Queue) (int64, error) { return q.usedSize() }
+
+// ZeroFillAhead is how far ahead of the used pages the file is zero-filled.
+const ZeroFillAhead = preallocAhead

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -62,6 +63,8 @@ type Queue struct {
 	wg       sync.WaitGroup
 	closeMu  sync.Once
 	closeErr error
+
+	grow preallocator // the committer's: zero-filling ahead of the pages in use
 
 	mu         sync.Mutex // guards subscriber and destinations
 	subscriber func(Notice)
@@ -131,6 +134,14 @@ func Open(path string, opts *Options) (*Queue, error) {
 		db.Close()
 		return nil, fmt.Errorf("queue: open %s: %w", path, err)
 	}
+	q.grow.synced = make(chan struct{}, 1)
+	if f, err := os.OpenFile(path, os.O_WRONLY, 0); err != nil {
+		q.log.Warn("offload queue: cannot zero-fill the database file ahead", "err", err)
+	} else {
+		q.grow.f = f
+		q.wg.Add(1)
+		go q.syncLoop(f)
+	}
 	q.writes = groupcommit.Start(q.commit)
 	q.wg.Add(1)
 	go q.purgeLoop()
@@ -147,6 +158,9 @@ func (q *Queue) Close() error {
 		q.writes.Close() // commits what is queued, then refuses more
 		close(q.stop)
 		q.wg.Wait()
+		if q.grow.f != nil {
+			q.grow.f.Close()
+		}
 		q.closeErr = q.db.Close()
 	})
 	return q.closeErr
@@ -184,6 +198,7 @@ func (q *Queue) commit(ops []op) (after func(), err error) {
 	dest := q.destinations
 	q.mu.Unlock()
 	w := &writer{q: q, now: q.opts.Now(), destinations: dest}
+	q.zeroAhead()
 	err = q.db.Update(func(tx *bolt.Tx) error {
 		w.tx = tx
 		w.cacheBuckets()
