@@ -16,7 +16,7 @@
 // queued since its last commit and writes it in one bbolt transaction, with
 // one fsync, and only then releases the callers. An Enqueue that returns nil
 // is on disk. Concurrent callers share fsyncs, so throughput grows with
-// concurrency while a lone caller waits about one fsync. Between commits
+// concurrency while a lone caller waits about one fsync. At each commit
 // the committer keeps the file written with zeros up to 8 MiB beyond the
 // pages in use, so that a commit's fsync need not allocate disk blocks: the
 // file is that much larger than its data.

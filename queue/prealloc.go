@@ -26,34 +26,29 @@ type preallocator struct {
 	synced   chan struct{}
 }
 
-// zeroAhead runs on the committer between transactions, when no page is
-// being allocated: if fewer than preallocAhead bytes of zeros follow the
-// used pages, it writes a chunk more and has it synced in the background,
-// so that its blocks are allocated on disk before bbolt writes pages there.
-// A failure only costs speed (bbolt extends the file itself): it is
-// logged once and zero-filling stops.
-func (q *Queue) zeroAhead() {
+// zeroAhead runs on the committer at the start of a write transaction,
+// before it allocates any page, with used the size of the pages in use
+// (tx.Size()): if fewer than preallocAhead bytes of zeros follow them, it
+// writes a chunk more and has it synced in the background, so that its
+// blocks are allocated on disk before bbolt writes pages there. A failure
+// only costs speed (bbolt extends the file itself): it is logged once and
+// zero-filling stops.
+func (q *Queue) zeroAhead(used int64) {
 	g := &q.grow
-	if g.f == nil || g.off {
+	if g.f == nil || g.off || g.zeroedTo-used >= preallocAhead {
 		return
 	}
-	used, err := q.usedSize()
-	if err == nil && g.zeroedTo-used >= preallocAhead {
+	from := max(used, g.zeroedTo)
+	if _, err := g.f.WriteAt(zeros[:], from); err != nil {
+		q.log.Warn("offload queue: zero-filling the database file ahead failed; stopped", "err", err)
+		g.off = true
 		return
 	}
-	if err == nil {
-		from := max(used, g.zeroedTo)
-		if _, err = g.f.WriteAt(zeros[:], from); err == nil {
-			g.zeroedTo = from + preallocChunk
-			select {
-			case g.synced <- struct{}{}:
-			default:
-			}
-			return
-		}
+	g.zeroedTo = from + preallocChunk
+	select {
+	case g.synced <- struct{}{}:
+	default:
 	}
-	q.log.Warn("offload queue: zero-filling the database file ahead failed; stopped", "err", err)
-	g.off = true
 }
 
 // syncLoop syncs the zeros zeroAhead wrote, until Close.
@@ -69,15 +64,4 @@ func (q *Queue) syncLoop(f *os.File) {
 			q.log.Warn("offload queue: syncing the zeros ahead of the database failed", "err", err)
 		}
 	}
-}
-
-// usedSize is the size of the pages the database uses, as of its last
-// commit.
-func (q *Queue) usedSize() (int64, error) {
-	tx, err := q.db.Begin(false)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback()
-	return tx.Size(), nil
 }

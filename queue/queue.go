@@ -198,8 +198,8 @@ func (q *Queue) commit(ops []op) (after func(), err error) {
 	dest := q.destinations
 	q.mu.Unlock()
 	w := &writer{q: q, now: q.opts.Now(), destinations: dest}
-	q.zeroAhead()
 	err = q.db.Update(func(tx *bolt.Tx) error {
+		q.zeroAhead(tx.Size())
 		w.tx = tx
 		w.cacheBuckets()
 		for _, o := range ops {
