@@ -32,7 +32,8 @@ import (
 //  5. the scheduler runs the rest.
 //
 // Every 202 is checked durable by its task being run. The rounds report
-// throughput, the p50/p99 latency, and the ratios to the sync baseline.
+// throughput, the p50/p99 latency, the ratios to the sync baseline, and
+// (on Unix) the process's CPU time per request.
 //
 //	go test -run '^$' -bench AsyncVsSync -benchtime 3s -count 3 ./trigger/
 func BenchmarkAsyncVsSync(b *testing.B) {
@@ -79,12 +80,12 @@ func BenchmarkAsyncVsSync(b *testing.B) {
 	url := srv.URL + "/noop"
 
 	// round sends n requests from the clients and returns the elapsed
-	// time and every request's latency.
-	round := func(n int, async bool) (time.Duration, []time.Duration) {
+	// time, every request's latency, and the process's CPU time.
+	round := func(n int, async bool) (time.Duration, []time.Duration, time.Duration) {
 		var next atomic.Int64
 		lat := make([][]time.Duration, clients)
 		var wg sync.WaitGroup
-		start := time.Now()
+		cpu0, start := processCPU(), time.Now()
 		for c := range clients {
 			wg.Go(func() {
 				mine := make([]time.Duration, 0, n/clients+1)
@@ -111,7 +112,7 @@ func BenchmarkAsyncVsSync(b *testing.B) {
 			})
 		}
 		wg.Wait()
-		return time.Since(start), slices.Concat(lat...)
+		return time.Since(start), slices.Concat(lat...), processCPU() - cpu0
 	}
 
 	// A warm-up of both kinds, so that connections exist.
@@ -131,15 +132,15 @@ func BenchmarkAsyncVsSync(b *testing.B) {
 	}
 
 	b.ResetTimer()
-	idleTime, idleLat := round(b.N, true)
+	idleTime, idleLat, idleCPU := round(b.N, true)
 	accepted += int64(b.N)
 	b.StopTimer()
 	go func() { ran <- sched.Run(context.Background()) }()
 	started = true
 	drain() // every 202 was stored: its task runs
 	b.StartTimer()
-	syncTime, syncLat := round(b.N, false)
-	asyncTime, asyncLat := round(b.N, true)
+	syncTime, syncLat, syncCPU := round(b.N, false)
+	asyncTime, asyncLat, asyncCPU := round(b.N, true)
 	accepted += int64(b.N)
 	b.StopTimer()
 	drain()
@@ -162,6 +163,16 @@ func BenchmarkAsyncVsSync(b *testing.B) {
 	b.ReportMetric(sp99, "sync-p99-us")
 	b.ReportMetric(ap99/sp99, "p99-async/sync")
 	b.ReportMetric(ip99/sp99, "p99-async-idle/sync")
+	// CPU per request, the whole process's (clients included): steadier
+	// than throughput on a shared machine, and what bounds it once the
+	// cores are busy.
+	if syncCPU > 0 {
+		perReq := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+		b.ReportMetric(perReq(syncCPU), "sync-cpu-us/req")
+		b.ReportMetric(perReq(idleCPU), "async-idle-cpu-us/req")
+		b.ReportMetric(perReq(asyncCPU), "async-cpu-us/req")
+		b.ReportMetric(perReq(idleCPU)/perReq(syncCPU), "cpu-async-idle/sync")
+	}
 }
 
 // percentiles returns the p50 and p99 of d in microseconds.
