@@ -97,12 +97,7 @@ func rebuild(ctx context.Context, l *queue.Lease, body io.ReadCloser) (*http.Req
 	if !ok {
 		proto, major, minor = "HTTP/1.1", 1, 1
 	}
-	header := sr.Header.Clone()
-	if header == nil {
-		header = make(http.Header)
-	}
-	header.Set(HeaderRequestID, l.ID)
-	header.Set(HeaderRetryCount, strconv.Itoa(l.Attempt-1))
+	header := replayHeader(sr.Header, l.ID, strconv.Itoa(l.Attempt-1))
 	r := (&http.Request{
 		Method:        sr.Method,
 		URL:           u,
@@ -124,6 +119,27 @@ func rebuild(ctx context.Context, l *queue.Lease, body io.ReadCloser) (*http.Req
 		r.SetPathValue(pv.Key, pv.Value)
 	}
 	return r, nil
+}
+
+// replayHeader is a copy of stored with X-Fc-Request-Id and
+// X-Fc-Retry-Count set, made the way Header.Clone makes one (a map and one
+// array for all the values) but with room for the two: setting them on a
+// clone would grow its map.
+func replayHeader(stored http.Header, id, retries string) http.Header {
+	n := 2
+	for _, vs := range stored {
+		n += len(vs)
+	}
+	all := make([]string, 0, n)
+	h := make(http.Header, len(stored)+2)
+	for k, vs := range stored {
+		all = append(all, vs...)
+		h[k] = all[len(all)-len(vs) : len(all) : len(all)]
+	}
+	all = append(all, id, retries)
+	h[HeaderRequestID] = all[n-2 : n-1 : n-1]
+	h[HeaderRetryCount] = all[n-1 : n : n]
+	return h
 }
 
 // decide classifies an attempt and computes what follows.

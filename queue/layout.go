@@ -169,7 +169,7 @@ func initialState(m *jobMeta) *state {
 		Status:     task.Enqueued,
 		EnqueuedAt: m.created,
 		ReadyAt:    m.readyAt,
-		Events:     []task.Event{{Time: m.created, Status: task.Enqueued}},
+		Events:     append(make([]task.Event, 0, 2), task.Event{Time: m.created, Status: task.Enqueued}), // room for the lease's
 	}
 }
 

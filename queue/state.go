@@ -115,7 +115,11 @@ func decodeState(b []byte) (*state, error) {
 	}
 	s.LastError = d.String()
 
-	s.Events = wire.MakeList[task.Event](&d, 4) // time, status, attempt, detail: a byte each at least
+	// time, status, attempt, detail: a byte each at least; room for the
+	// event the status change that decodes a state adds.
+	if n := d.Count(4); n > 0 {
+		s.Events = make([]task.Event, n, n+1)
+	}
 	for i := range s.Events {
 		e := &s.Events[i]
 		e.Time, e.Status = readTime(&d), readStatus(&d)

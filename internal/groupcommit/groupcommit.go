@@ -142,6 +142,7 @@ func (c *Committer[Op]) commitPending() {
 	c.mu.Lock()
 	b := c.pending
 	c.pending = newBatch[Op]()
+	c.pending.ops = make([]Op, 0, len(b.ops)) // the next batch is likely as large
 	c.mu.Unlock()
 	if len(b.ops) == 0 {
 		return
