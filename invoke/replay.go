@@ -48,15 +48,11 @@ func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Ou
 		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
 	}
 	defer body.Close()
-	r, err := rebuild(ctx, l, body)
+	rep := &reporter{q: s.q, lease: l, interval: s.opts.ReportInterval, log: s.log}
+	r, err := rebuild(task.WithReporter(ctx, rep, s.log), l, body)
 	if err != nil {
 		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
 	}
-
-	rep := &reporter{q: s.q, lease: l, interval: s.opts.ReportInterval, onError: func(err error) {
-		s.log.Warn("offload: writing task progress failed", "id", l.ID, "err", err)
-	}}
-	r = r.WithContext(task.WithReporter(ctx, rep, s.log))
 
 	rec := newRecorder(s.opts.ResponseBodyCap)
 	started := time.Now()

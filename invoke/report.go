@@ -2,6 +2,7 @@ package invoke
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -20,7 +21,7 @@ type reporter struct {
 	q        queue.Backend
 	lease    *queue.Lease
 	interval time.Duration
-	onError  func(error)
+	log      *slog.Logger // for a progress write that failed
 
 	mu       sync.Mutex
 	pending  queue.Report
@@ -76,7 +77,7 @@ func (r *reporter) flush() {
 	rep := r.take()
 	r.mu.Unlock()
 	if err := r.q.Report(context.Background(), r.lease, rep); err != nil {
-		r.onError(err)
+		r.log.Warn("offload: writing task progress failed", "id", r.lease.ID, "err", err)
 	}
 }
 
