@@ -54,6 +54,9 @@ type Backend interface {
 	Subscribe(fn func(Notice)) (unsubscribe func())
 }
 
+// MaxIdempotencyKeyLen bounds Job.IdempotencyKey.
+const MaxIdempotencyKeyLen = 1024
+
 // Job is a request to store a new task.
 type Job struct {
 	// ID is a caller-chosen task ID, or "" for a generated one.
@@ -63,6 +66,7 @@ type Job struct {
 	ReadyAt time.Time
 	// IdempotencyKey, when set, makes a second Enqueue with the same key
 	// and Fingerprint return the first task instead of storing another.
+	// At most MaxIdempotencyKeyLen bytes.
 	IdempotencyKey string
 	Fingerprint    [32]byte
 	// MaxQueued bounds the target's unfinished tasks; 0 means no bound.

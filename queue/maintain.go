@@ -43,9 +43,10 @@ func (q *Queue) init() error {
 		if err := rec.apply(w); err != nil {
 			return err
 		}
-		if rec.n > 0 {
-			q.log.Warn("offload queue: recovered attempts lost with a previous process", "tasks", rec.n)
+		if rec.n > 0 || len(rec.stops) > 0 {
+			q.log.Warn("offload queue: recovered attempts lost with a previous process", "tasks", rec.n, "stopping", len(rec.stops))
 		}
+		q.leftoverStops = rec.stops
 		return w.flushCounts()
 	})
 	if err != nil {
@@ -102,8 +103,9 @@ func (q *Queue) purgeLoop() {
 // Options.PurgeInterval on its own; call it to purge now.
 func (q *Queue) Purge(ctx context.Context) (int, error) {
 	total := 0
+	var from []byte
 	for {
-		o := &purgeOp{before: q.opts.Now().Add(-q.opts.Retention)}
+		o := &purgeOp{before: q.opts.Now().Add(-q.opts.Retention), from: from}
 		if err := q.submit(ctx, o); err != nil {
 			return total, err
 		}
@@ -113,15 +115,22 @@ func (q *Queue) Purge(ctx context.Context) (int, error) {
 			}
 		}
 		total += o.n
-		if o.n < purgeBatch {
+		if o.next == nil {
 			return total, nil
 		}
+		from = o.next
 	}
 }
 
+// purgeOp deletes up to purgeBatch of the tasks that finished before
+// before, looking from the done index's key from on. Tasks it skips (their
+// deliveries are pending) do not stop the purge: next is where the next
+// batch starts, nil when the look reached the end of the expired ones.
 type purgeOp struct {
 	before time.Time
+	from   []byte
 	n      int
+	next   []byte
 	blobs  []string
 }
 
@@ -129,8 +138,13 @@ func (o *purgeOp) apply(w *writer) error {
 	limit := uint64(o.before.UnixNano())
 	var keys [][]byte
 	c := w.done.Cursor()
-	for k, _ := c.First(); k != nil && len(keys) < purgeBatch; k, _ = c.Next() {
-		if binary.BigEndian.Uint64(k) >= limit {
+	k, _ := c.First()
+	if o.from != nil {
+		k, _ = c.Seek(o.from)
+	}
+	for ; k != nil && binary.BigEndian.Uint64(k) < limit; k, _ = c.Next() {
+		if len(keys) == purgeBatch {
+			o.next = append([]byte(nil), k...)
 			break
 		}
 		keys = append(keys, append([]byte(nil), k...))
@@ -139,12 +153,13 @@ func (o *purgeOp) apply(w *writer) error {
 		key := dk[8:]
 		rec := w.get(w.tasks, key)
 		m, reqBytes, err := decodeMeta(rec)
-		if err != nil {
-			return err
+		var s *state
+		if err == nil {
+			s, err = w.loadState(key, m)
 		}
-		s, err := w.loadState(key, m)
 		if err != nil {
-			return err
+			w.damaged(key, "not purged", err)
+			continue
 		}
 		if !s.Status.Terminal() {
 			return fmt.Errorf("done index lists unfinished task %s", ulidString(key))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/task"
@@ -26,6 +27,9 @@ func (q *Queue) Enqueue(ctx context.Context, job *Job) (Receipt, error) {
 	}
 	if job.Request == nil {
 		return Receipt{}, fmt.Errorf("queue: enqueue: nil request")
+	}
+	if len(job.IdempotencyKey) > MaxIdempotencyKeyLen {
+		return Receipt{}, fmt.Errorf("queue: enqueue: %w: idempotency key longer than %d bytes", task.ErrInvalidID, MaxIdempotencyKeyLen)
 	}
 	now := q.opts.Now()
 	// One allocation holds the op, its key and its meta.
@@ -74,7 +78,8 @@ func (o *enqueueOp) apply(w *writer) error {
 			}
 			em, _, err := decodeMeta(w.tasks.Get(v[32:]))
 			if err != nil {
-				return err
+				o.err = fmt.Errorf("queue: enqueue: the task holding its idempotency key: %w", err)
+				return nil
 			}
 			o.receipt = Receipt{ID: taskID(v[32:], em), Replayed: true}
 			return nil
@@ -161,17 +166,17 @@ func (o *leaseOp) apply(w *writer) error {
 		if rb == nil {
 			continue
 		}
-		var keys [][]byte
+		var keys [][]byte // ready keys: time, then task key
 		c := rb.Cursor()
 		for k, _ := c.First(); k != nil && len(keys) < r.Max; k, _ = c.Next() {
 			if binary.BigEndian.Uint64(k) > nowNs {
 				break
 			}
-			keys = append(keys, append([]byte(nil), k[8:]...))
+			keys = append(keys, append([]byte(nil), k...))
 		}
 		leased := len(o.claimed)
-		for _, key := range keys {
-			if err := o.claim(w, key, r); err != nil {
+		for _, rk := range keys {
+			if err := o.claim(w, rb, rk, r); err != nil {
 				return err
 			}
 		}
@@ -189,15 +194,20 @@ func (o *leaseOp) apply(w *writer) error {
 	return nil
 }
 
-func (o *leaseOp) claim(w *writer, key []byte, r LeaseRequest) error {
+// claim leases the task whose ready entry is rk in rb. A task whose
+// records cannot be decoded loses its ready entry instead, so that it
+// neither fails the commit it is in nor comes up again.
+func (o *leaseOp) claim(w *writer, rb *bolt.Bucket, rk []byte, r LeaseRequest) error {
+	key := rk[8:]
 	rec := w.get(w.tasks, key)
 	m, reqBytes, err := decodeMeta(rec)
-	if err != nil {
-		return fmt.Errorf("task %s: %w", ulidString(key), err)
+	var s *state
+	if err == nil {
+		s, err = w.loadState(key, m)
 	}
-	s, err := w.loadState(key, m)
 	if err != nil {
-		return err
+		w.damaged(key, "left out of leasing", err)
+		return w.del(rb, rk)
 	}
 	if r.MaxAge > 0 && o.now.Sub(s.EnqueuedAt) > r.MaxAge {
 		s.LastError = fmt.Sprintf("not run within MaxAge %s", r.MaxAge)
@@ -263,7 +273,8 @@ func (o *finishOp) apply(w *writer) error {
 	if v != nil {
 		var err error
 		if s, err = decodeState(v); err != nil {
-			return fmt.Errorf("state of %s: %w", l.ID, err)
+			o.err = fmt.Errorf("queue: finish %s: state: %w", l.ID, err)
+			return nil
 		}
 	}
 	m := &jobMeta{target: l.Target}
@@ -360,7 +371,8 @@ func (o *controlOp) apply(w *writer) error {
 	}
 	m, s, err := w.load(key)
 	if err != nil {
-		return err
+		o.err = fmt.Errorf("queue: %s: %w", o.id, err)
+		return nil
 	}
 	if o.err = o.check(s); o.err != nil {
 		return nil
@@ -379,10 +391,19 @@ func (q *Queue) control(ctx context.Context, o *controlOp) (*task.Task, error) {
 	return q.GetTask(ctx, o.id)
 }
 
-// Invalidate implements Backend.
+// Invalidate implements Backend. It also ends Stopped the tasks that a
+// process which died left Stopping (found at Open): a scheduler calls it
+// when it starts, once its targets and their destinations are registered,
+// so their onFailure deliveries are written as any stop's would be.
 func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
-	o := &invalidateOp{known: known}
+	q.mu.Lock()
+	o := &invalidateOp{known: known, stops: q.leftoverStops}
+	q.leftoverStops = nil
+	q.mu.Unlock()
 	if err := q.submit(ctx, o); err != nil {
+		q.mu.Lock()
+		q.leftoverStops = append(q.leftoverStops, o.stops...)
+		q.mu.Unlock()
 		return 0, err
 	}
 	return o.n, nil
@@ -390,10 +411,23 @@ func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 
 type invalidateOp struct {
 	known []string
+	stops [][]byte // of tasks found Stopping at Open
 	n     int
 }
 
 func (o *invalidateOp) apply(w *writer) error {
+	for _, key := range o.stops {
+		m, s, err := w.load(key)
+		if err != nil {
+			w.damaged(key, "not stopped", err)
+			continue
+		}
+		if m != nil && s.Status == task.Stopping {
+			if err := w.lost(key, m, s, task.Stopped); err != nil {
+				return err
+			}
+		}
+	}
 	isKnown := make(map[string]bool, len(o.known))
 	for _, k := range o.known {
 		isKnown[k] = true
@@ -417,7 +451,8 @@ func (o *invalidateOp) apply(w *writer) error {
 		for _, key := range keys {
 			m, s, err := w.load(key)
 			if err != nil {
-				return err
+				w.damaged(key, "not marked Invalid", err)
+				continue
 			}
 			if m == nil {
 				continue // an index entry without a record; Check reports it
@@ -433,8 +468,14 @@ func (o *invalidateOp) apply(w *writer) error {
 }
 
 // recoverOp runs once at Open: attempts that a dead process left Running
-// are made ready again (the attempt stays counted); Stopping ones end Stopped.
-type recoverOp struct{ n int }
+// are made ready again (the attempt stays counted). Stopping ones are only
+// found: they end Stopped at the next Invalidate, when a scheduler has
+// registered its targets, so that their onFailure deliveries are owed
+// under its destinations (Open knows none).
+type recoverOp struct {
+	n     int
+	stops [][]byte
+}
 
 func (o *recoverOp) apply(w *writer) error {
 	type found struct {
@@ -456,23 +497,29 @@ func (o *recoverOp) apply(w *writer) error {
 		return err
 	}
 	for _, f := range all {
+		if f.status == task.Stopping {
+			o.stops = append(o.stops, f.key)
+			continue
+		}
 		m, s, err := w.load(f.key)
 		if err != nil {
-			return err
+			w.damaged(f.key, "not recovered", err)
+			continue
 		}
 		if m == nil {
 			continue // an index entry without a record; Check reports it
 		}
-		detail := fmt.Sprintf("process lost during attempt %d", s.Attempts)
-		to := task.Retrying
-		if f.status == task.Stopping {
-			to = task.Stopped
-		}
-		s.LastError = detail
-		if err := w.move(f.key, m, s, to, w.now, detail); err != nil {
+		if err := w.lost(f.key, m, s, task.Retrying); err != nil {
 			return err
 		}
 		o.n++
 	}
 	return nil
+}
+
+// lost ends the attempt of a task whose process died: to is Retrying for a
+// Running task, Stopped for a Stopping one.
+func (w *writer) lost(key []byte, m *jobMeta, s *state, to task.Status) error {
+	s.LastError = fmt.Sprintf("process lost during attempt %d", s.Attempts)
+	return w.move(key, m, s, to, w.now, s.LastError)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"maps"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,7 +32,8 @@ func kindName(k byte) string {
 	return task.OnFailure
 }
 
-// maxDeliveries bounds the delivery history kept on a task.
+// maxDeliveries bounds the finished deliveries kept in a task's history;
+// pending ones are all kept.
 const maxDeliveries = 8
 
 // Delivery is one pending result delivery.
@@ -87,19 +89,43 @@ func (w *writer) outbox(key []byte, m *jobMeta, s *state, to task.Status) error 
 	if w.destinations[m.target]&bit == 0 {
 		return nil
 	}
-	if err := w.tx.Bucket(bOutbox).Put(outboxKey(w.now, key, kind), outboxValue(0, "")); err != nil {
+	if err := putOutbox(w.tx.Bucket(bOutbox), w.now, key, kind, outboxValue(0, "")); err != nil {
 		return err
 	}
-	s.Deliveries = append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now})
-	if len(s.Deliveries) > maxDeliveries {
-		s.Deliveries = s.Deliveries[len(s.Deliveries)-maxDeliveries:]
-	}
+	s.Deliveries = trimDeliveries(append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now}))
 	w.notices = append(w.notices, Notice{Kind: DeliveryReady})
 	return nil
 }
 
+// trimDeliveries drops the oldest finished deliveries past maxDeliveries.
+// Pending ones stay, whatever their number: each has its outbox entry,
+// which FinishDelivery records on the task.
+func trimDeliveries(ds []task.Delivery) []task.Delivery {
+	for len(ds) > maxDeliveries {
+		i := slices.IndexFunc(ds, func(d task.Delivery) bool { return d.Status != task.DeliveryPending })
+		if i < 0 {
+			break
+		}
+		ds = slices.Delete(ds, i, i+1)
+	}
+	return ds
+}
+
 func outboxKey(due time.Time, key []byte, kind byte) []byte {
 	return append(timeKey(due, key), kind)
+}
+
+// putOutbox writes the outbox entry of a delivery due at due. Two finishes
+// of one task in one commit (a stop, a retry, a stop) owe two deliveries
+// with the same time: the later entry is made due a nanosecond after the
+// earlier instead of replacing it.
+func putOutbox(ob *bolt.Bucket, due time.Time, key []byte, kind byte, value []byte) error {
+	k := outboxKey(due, key, kind)
+	for ob.Get(k) != nil {
+		due = due.Add(time.Nanosecond)
+		k = outboxKey(due, key, kind)
+	}
+	return ob.Put(k, value)
 }
 
 func outboxValue(tries int, lastError string) []byte {
@@ -166,7 +192,7 @@ func (o *deliveryOp) apply(w *writer) error {
 	switch {
 	case o.res.Error != "" && !o.res.RetryAt.IsZero():
 		status = task.DeliveryPending
-		if err := ob.Put(outboxKey(o.res.RetryAt, key, k[24]), outboxValue(tries, o.res.Error)); err != nil {
+		if err := putOutbox(ob, o.res.RetryAt, key, k[24], outboxValue(tries, o.res.Error)); err != nil {
 			return err
 		}
 		w.notices = append(w.notices, Notice{Kind: DeliveryReady})
@@ -174,8 +200,12 @@ func (o *deliveryOp) apply(w *writer) error {
 		status = task.DeliveryFailed
 	}
 	m, s, err := w.load(key)
-	if err != nil || m == nil {
-		return err // a task gone (purged) takes its deliveries' history with it
+	if err != nil {
+		w.damaged(key, "delivery not recorded on the task", err)
+		return nil
+	}
+	if m == nil {
+		return nil // a task gone (purged) takes its deliveries' history with it
 	}
 	for i := len(s.Deliveries) - 1; i >= 0; i-- {
 		dv := &s.Deliveries[i]
@@ -184,5 +214,6 @@ func (o *deliveryOp) apply(w *writer) error {
 			break
 		}
 	}
+	s.Deliveries = trimDeliveries(s.Deliveries)
 	return w.putState(key, s)
 }

@@ -66,11 +66,13 @@ type Queue struct {
 
 	grow preallocator // the committer's: zero-filling ahead of the pages in use
 
-	mu         sync.Mutex // guards subscriber and destinations
+	mu         sync.Mutex // guards subscriber, destinations and leftoverStops
 	subscriber func(Notice)
 	// destinations maps a target to its outbox rule (1 onSuccess, 2
 	// onFailure). It is replaced, never changed, so a batch may keep it.
 	destinations map[string]uint8
+	// leftoverStops are the tasks found Stopping at Open; see Invalidate.
+	leftoverStops [][]byte
 }
 
 var _ Backend = (*Queue)(nil)
@@ -85,7 +87,8 @@ var ErrLocked = errors.New("database is locked by another process")
 
 // Open opens (creating it 0600 if missing) the queue database at path, and
 // its blob directory path+".blobs" (0700). Tasks left Running by a process
-// that died are made ready again with that attempt counted.
+// that died are made ready again with that attempt counted; tasks left
+// Stopping end Stopped when a scheduler starts (see Invalidate).
 func Open(path string, opts *Options) (*Queue, error) {
 	var o Options
 	if opts != nil {

@@ -427,8 +427,24 @@ func TestRecovery(t *testing.T) {
 	if tk.Status != task.Retrying || tk.Attempts != 1 || tk.LastError == "" || tk.ReadyAt.Before(before) {
 		t.Errorf("running task after restart: %s attempts %d lastError %q readyAt %v", tk.Status, tk.Attempts, tk.LastError, tk.ReadyAt)
 	}
-	if tk := status(t, q, stopping); tk.Status != task.Stopped || tk.Attempts != 1 || tk.FinishedAt.IsZero() {
-		t.Errorf("stopping task after restart: %s attempts %d", tk.Status, tk.Attempts)
+	// A stop in progress ends when a scheduler starts, under the
+	// destinations it registers: its onFailure delivery is owed.
+	if tk := status(t, q, stopping); tk.Status != task.Stopping {
+		t.Errorf("stopping task after restart, before a scheduler starts: %s", tk.Status)
+	}
+	q.SetDestinations("r", false, true)
+	if _, err := q.Invalidate(ctx, []string{"r", "r2"}); err != nil {
+		t.Fatal(err)
+	}
+	tk = status(t, q, stopping)
+	if tk.Status != task.Stopped || tk.Attempts != 1 || tk.FinishedAt.IsZero() || tk.LastError == "" {
+		t.Errorf("stopping task once a scheduler starts: %s attempts %d lastError %q", tk.Status, tk.Attempts, tk.LastError)
+	}
+	if len(tk.Deliveries) != 1 || tk.Deliveries[0].Destination != task.OnFailure || tk.Deliveries[0].Status != task.DeliveryPending {
+		t.Errorf("stopping task once a scheduler starts: deliveries %+v; want one pending onFailure", tk.Deliveries)
+	}
+	if ds, _, err := q.PendingDeliveries(ctx, time.Now().Add(time.Minute), 10, func(string) bool { return false }); err != nil || len(ds) != 1 || ds[0].TaskID != stopping {
+		t.Errorf("outbox after the stop ended: %+v, %v; want the stopped task's delivery", ds, err)
 	}
 	if tk := status(t, q, queued); tk.Status != task.Enqueued || !tk.ReadyAt.Equal(far) {
 		t.Errorf("queued task after restart: %s readyAt %v", tk.Status, tk.ReadyAt)

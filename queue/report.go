@@ -57,7 +57,8 @@ type reportOp struct {
 func (o *reportOp) apply(w *writer) error {
 	m, s, err := w.load(o.lease.Key)
 	if err != nil {
-		return err
+		o.err = fmt.Errorf("queue: report %s: %w", o.lease.ID, err)
+		return nil
 	}
 	if m == nil || (s.Status != task.Running && s.Status != task.Stopping) || s.Attempts != o.lease.Attempt {
 		o.err = fmt.Errorf("queue: report %s attempt %d: %w", o.lease.ID, o.lease.Attempt, task.ErrLeaseLost)

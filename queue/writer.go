@@ -244,6 +244,13 @@ func (w *writer) putState(key []byte, s *state) error {
 	return w.states.Put(key, encodeState(s))
 }
 
+// damaged logs a task whose records cannot be decoded, and what was done
+// without it: a damaged record fails the op that needs it (or is passed
+// over), never the whole commit it shares with other ops.
+func (w *writer) damaged(key []byte, what string, err error) {
+	w.q.log.Error("offload queue: a stored task cannot be decoded; "+what, "id", ulidString(key), "err", err)
+}
+
 // load reads a task for change. It returns (nil, nil, nil) when key has no
 // task, and an error only for a corrupt record.
 func (w *writer) load(key []byte) (*jobMeta, *state, error) {

@@ -31,6 +31,9 @@ func (q *Queue) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt, err
 	if job.Request == nil {
 		return queue.Receipt{}, fmt.Errorf("postgres: enqueue: nil request")
 	}
+	if len(job.IdempotencyKey) > queue.MaxIdempotencyKeyLen {
+		return queue.Receipt{}, fmt.Errorf("postgres: enqueue: %w: idempotency key longer than %d bytes", task.ErrInvalidID, queue.MaxIdempotencyKeyLen)
+	}
 	now := q.now()
 	o := &enqueueOp{job: job, key: task.NewULID(now), created: now, readyAt: job.ReadyAt.UTC().Truncate(time.Microsecond)}
 	if o.readyAt.Before(now) {

@@ -337,6 +337,10 @@ func testEnqueueInvalid(t *testing.T, b queue.Backend) {
 	if _, err := b.Enqueue(ctx, &queue.Job{Target: "inv"}); err == nil {
 		t.Error("Enqueue without a request succeeded")
 	}
+	long := &queue.Job{Target: "inv", IdempotencyKey: strings.Repeat("k", queue.MaxIdempotencyKeyLen+1), Request: request(0)}
+	if _, err := b.Enqueue(ctx, long); !errors.Is(err, task.ErrInvalidID) {
+		t.Errorf("Enqueue with an idempotency key of %d bytes: err = %v, want ErrInvalidID", len(long.IdempotencyKey), err)
+	}
 	page, err := task.List(ctx, b, task.Filter{})
 	if err != nil {
 		t.Fatal(err)
@@ -344,6 +348,8 @@ func testEnqueueInvalid(t *testing.T, b queue.Backend) {
 	if len(page.Tasks) != 0 {
 		t.Errorf("rejected enqueues stored %d tasks", len(page.Tasks))
 	}
+	longest := strings.Repeat("k", queue.MaxIdempotencyKeyLen)
+	enqueue(t, b, &queue.Job{Target: "inv", IdempotencyKey: longest})
 }
 
 func testConcurrentCallerID(t *testing.T, b queue.Backend) {

@@ -1,0 +1,174 @@
+package queue_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/offload-go/offload/internal/testutil"
+	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
+)
+
+func pending(t *testing.T, q *queue.Queue, at time.Time) []*queue.Delivery {
+	t.Helper()
+	ds, _, err := q.PendingDeliveries(ctx, at, 1000, func(string) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// A stop, a retry and a stop of one task at one instant (in one commit,
+// or with a clock that does not move) owe two deliveries: two outbox
+// entries, each recorded on the task when it is delivered.
+func TestTwoFinishesAtOneInstantOweTwoDeliveries(t *testing.T) {
+	t.Parallel()
+	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q.SetDestinations("d", false, true)
+	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: clk.Now().Add(time.Hour)})
+	for _, f := range []func() (*task.Task, error){
+		func() (*task.Task, error) { return q.StopTask(ctx, id) },
+		func() (*task.Task, error) { return q.RetryTask(ctx, id, "again") },
+		func() (*task.Task, error) { return q.StopTask(ctx, id) },
+	} {
+		if _, err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds := pending(t, q, clk.Now().Add(time.Second))
+	if len(ds) != 2 || len(status(t, q, id).Deliveries) != 2 {
+		t.Fatalf("%d outbox entries and deliveries %+v; want two of each", len(ds), status(t, q, id).Deliveries)
+	}
+	for _, d := range ds {
+		if err := q.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range status(t, q, id).Deliveries {
+		if d.Status != task.DeliveryDelivered {
+			t.Errorf("delivery %+v after both were delivered", d)
+		}
+	}
+	if err := q.Check(); err != nil {
+		t.Error(err)
+	}
+	clk.Advance(time.Hour)
+	if n, err := q.Purge(ctx); err != nil || n != 1 {
+		t.Errorf("Purge = %d, %v; want the task purged", n, err)
+	}
+}
+
+// The same from concurrent callers, whose stops and retries share
+// commits with the real clock.
+func TestConcurrentStopsAndRetriesKeepTheOutboxInStep(t *testing.T) {
+	t.Parallel()
+	q := testutil.OpenQueue(t, nil)
+	q.SetDestinations("d", false, true)
+	for range 50 {
+		id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: time.Now().Add(time.Hour)})
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Go(func() { _, _ = q.StopTask(ctx, id) })
+			wg.Go(func() { _, _ = q.RetryTask(ctx, id, "again") })
+		}
+		wg.Wait()
+		if err := q.Check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range pending(t, q, time.Now().Add(time.Hour)) {
+		if err := q.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+// A task's delivery history is bounded, but never by dropping a pending
+// delivery: each has its outbox entry, and the task must not be purged
+// under it.
+func TestDeliveryHistoryKeepsEveryPendingDelivery(t *testing.T) {
+	t.Parallel()
+	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q.SetDestinations("d", false, true)
+	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: clk.Now().Add(time.Hour)})
+	const stops = 12 // more than a task's history keeps
+	for i := range stops {
+		clk.Advance(time.Millisecond)
+		if _, err := q.StopTask(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if i < stops-1 {
+			if _, err := q.RetryTask(ctx, id, "again"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := len(status(t, q, id).Deliveries); got != stops {
+		t.Errorf("%d deliveries on the task; want all %d pending ones", got, stops)
+	}
+	if err := q.Check(); err != nil {
+		t.Error(err)
+	}
+	ds := pending(t, q, clk.Now())
+	for _, d := range ds[:stops-1] {
+		if err := q.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Advance(time.Hour)
+	if n, err := q.Purge(ctx); err != nil || n != 0 {
+		t.Errorf("Purge with a delivery pending = %d, %v; want nothing purged", n, err)
+	}
+	tk := status(t, q, id)
+	owed := slices.IndexFunc(tk.Deliveries, func(d task.Delivery) bool { return d.Status == task.DeliveryPending })
+	if len(tk.Deliveries) != 8 || owed < 0 {
+		t.Errorf("history %+v; want 8 deliveries, the pending one among them", tk.Deliveries)
+	}
+	if err := q.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+// Purge looks past finished tasks it must keep (their deliveries are
+// pending), however many there are, to the ones it may delete.
+func TestPurgeGoesPastTasksWithPendingDeliveries(t *testing.T) {
+	t.Parallel()
+	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q.SetDestinations("owed", false, true)
+	stopAll := func(target string, n int) {
+		var wg sync.WaitGroup
+		for w := range 32 {
+			wg.Go(func() {
+				for i := w; i < n; i += 32 {
+					r, err := q.Enqueue(ctx, &queue.Job{Target: target, ReadyAt: clk.Now().Add(time.Hour), Request: request(nil)})
+					if err == nil {
+						_, err = q.StopTask(ctx, r.ID)
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	stopAll("owed", 600) // finished first, each owing a delivery
+	clk.Advance(time.Millisecond)
+	stopAll("free", 10)
+	clk.Advance(time.Hour)
+	if n, err := q.Purge(ctx); err != nil || n != 10 {
+		t.Errorf("Purge = %d, %v; want the 10 tasks that owe nothing", n, err)
+	}
+	if err := q.Check(); err != nil {
+		t.Error(err)
+	}
+}
