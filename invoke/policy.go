@@ -156,14 +156,19 @@ func backoffDelay(initial, maxDelay time.Duration, n int) time.Duration {
 	return d
 }
 
+// maxRetryAfter caps a Retry-After: far beyond any MaxAge, and short of
+// overflowing a time.Duration, which would schedule the next attempt in
+// the past.
+const maxRetryAfter = 100 * 365 * 24 * time.Hour
+
 // retryAfter reads a Retry-After header: delay-seconds or an HTTP date.
 func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
 	v := h.Get("Retry-After")
 	if v == "" {
 		return 0, false
 	}
-	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
-		return time.Duration(secs) * time.Second, true
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil {
+		return time.Duration(min(secs, uint64(maxRetryAfter/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return max(t.Sub(now), 0), true

@@ -54,10 +54,17 @@ func (r *recorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// The methods http.ResponseController looks for: flushing and deadlines
-// succeed and do nothing; hijacking fails clearly.
-func (r *recorder) Flush()                                       {}
-func (r *recorder) FlushError() error                            { return nil }
+// Flush commits the status and headers, 200 if none was written, as a
+// flush does in net/http: what the handler sets after it no longer counts.
+func (r *recorder) Flush() {
+	if !r.wroteHeader {
+		r.WriteHeader(http.StatusOK)
+	}
+}
+
+// The other methods http.ResponseController looks for: flushing and
+// deadlines succeed, hijacking fails clearly.
+func (r *recorder) FlushError() error                            { r.Flush(); return nil }
 func (r *recorder) SetReadDeadline(time.Time) error              { return nil }
 func (r *recorder) SetWriteDeadline(time.Time) error             { return nil }
 func (r *recorder) EnableFullDuplex() error                      { return nil }

@@ -116,6 +116,30 @@ func TestResponseCapture(t *testing.T) {
 			body: []byte("data: 0\n\ndata: 1\n\ndata: 2\n\n"), size: 27,
 		},
 		{
+			// A client saw 200 and the headers set before the flush;
+			// the error after it is only body.
+			name: "a flush commits the status",
+			handler: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				fmt.Fprint(w, "data: 0\n\n")
+				w.(http.Flusher).Flush()
+				w.Header().Set("Retry-After", "3600")
+				http.Error(w, "upstream gone", http.StatusServiceUnavailable)
+			},
+			status: task.Succeeded, code: 200, header: http.Header{"Content-Type": {"text/event-stream"}, "Retry-After": nil},
+			body: []byte("data: 0\n\nupstream gone\n"), size: 23,
+		},
+		{
+			name: "a flush before anything is written commits 200",
+			handler: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+				if err := http.NewResponseController(w).Flush(); err != nil {
+					t.Errorf("Flush: %v", err)
+				}
+				w.WriteHeader(http.StatusTooManyRequests)
+			},
+			status: task.Succeeded, code: 200,
+		},
+		{
 			name: "Hijack fails clearly",
 			handler: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
 				conn, _, err := http.NewResponseController(w).Hijack()

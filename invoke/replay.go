@@ -44,8 +44,12 @@ func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Ou
 		ctx = s.opts.Restore(ctx, values)
 	}
 	body, err := s.q.OpenBody(l)
-	if err != nil {
+	if errors.Is(err, queue.ErrNoBody) || errors.Is(err, queue.ErrSealed) {
 		return queue.Outcome{Status: task.Invalid, Error: err.Error()}
+	}
+	if err != nil { // a store or the file system that may recover
+		out := queue.Outcome{Error: err.Error(), Detail: "attempt " + strconv.Itoa(l.Attempt) + " could not read the body"}
+		return after(&t.policy, l, out, Retry, nil)
 	}
 	defer body.Close()
 	rep := &reporter{q: s.q, lease: l, interval: s.opts.ReportInterval, log: s.log}
@@ -145,18 +149,19 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 	code := rec.statusCode()
 	var verdict Verdict
 	switch {
-	case panicked != "":
-		verdict, out.Error = Retry, panicked
-		if !rec.wroteHeader {
-			out.Response.StatusCode = http.StatusInternalServerError // what net/http answers a panic with
-		}
 	// A handler whose context we cancelled may answer anything, 200 by
-	// returning without a word: the cancellation, not the answer, decides.
+	// returning without a word or a panic (http.ErrAbortHandler): the
+	// cancellation, not the answer, decides.
 	case errors.Is(cause, task.ErrShutdown):
 		// Handed back unrun: the attempt was cut short by our shutdown.
 		return queue.Outcome{Status: task.Enqueued, Detail: "scheduler shut down during the attempt"}
 	case errors.Is(cause, task.ErrStopped):
 		return queue.Outcome{Status: task.Failed, Error: "stopped on request", Response: out.Response}
+	case panicked != "":
+		verdict, out.Error = Retry, panicked
+		if !rec.wroteHeader {
+			out.Response.StatusCode = http.StatusInternalServerError // what net/http answers a panic with
+		}
 	case errors.Is(cause, task.ErrTimeout):
 		verdict, out.Error = Retry, fmt.Sprintf("attempt timed out after %s", p.Timeout)
 	default:
@@ -171,6 +176,13 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 		first, _, _ := strings.Cut(out.Error, "\n")
 		out.Detail = first + "; " + out.Detail
 	}
+	return after(p, l, out, verdict, rec.sentHeader())
+}
+
+// after completes out, an attempt's outcome so far, with what follows its
+// verdict: the status, and for a retry the next attempt's time (from
+// answer's Retry-After, or backoff), within MaxRetries and MaxAge.
+func after(p *Policy, l *queue.Lease, out queue.Outcome, verdict Verdict, answer http.Header) queue.Outcome {
 	switch verdict {
 	case Success:
 		out.Status = task.Succeeded
@@ -190,7 +202,7 @@ func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked st
 		return out
 	}
 	now := time.Now()
-	wait, ok := retryAfter(rec.sentHeader(), now)
+	wait, ok := retryAfter(answer, now)
 	if !ok {
 		wait = backoffDelay(p.BackoffInitial, p.BackoffMax, l.Attempt-l.RetryBase)
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -211,6 +213,72 @@ func TestReplayBody(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A body that is lost for good (its blob file gone) makes the task
+// Invalid; one that cannot be read for now is retried like a failed
+// attempt, and read when the file system lets it.
+func TestReplayBodyUnreadable(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, nil)
+		read := make(chan string, 2)
+		b.register("upload", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				t.Error(err)
+			}
+			read <- string(body)
+		}), &invoke.Policy{BackoffInitial: time.Second})
+		blob := func(body string) (req *reqcodec.Request, path string) {
+			bl, err := b.sched.CreateBlob()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(bl, body); err != nil {
+				t.Fatal(err)
+			}
+			if err := bl.Close(); err != nil {
+				t.Fatal(err)
+			}
+			req = &reqcodec.Request{Method: http.MethodPut, RequestURI: "/upload", Proto: "HTTP/1.1", Blob: bl.Name(), BodySize: int64(len(body))}
+			return req, filepath.Join(b.q.Path()+".blobs", bl.Name())
+		}
+		gone, gonePath := blob("gone")
+		if err := os.Remove(gonePath); err != nil {
+			t.Fatal(err)
+		}
+		// A link to itself cannot be opened (ELOOP), until it is put right.
+		later, laterPath := blob("later")
+		if err := os.Rename(laterPath, laterPath+".aside"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Base(laterPath), laterPath); err != nil {
+			t.Fatal(err)
+		}
+		b.start()
+		goneID := b.enqueue(&queue.Job{Target: "upload", Request: gone})
+		laterID := b.enqueue(&queue.Job{Target: "upload", Request: later})
+		synctest.Wait()
+		if tk := b.wantStatus(goneID, task.Invalid, 1); !strings.Contains(tk.LastError, "lost") {
+			t.Errorf("task whose blob is gone: last error %q", tk.LastError)
+		}
+		if tk := b.wantStatus(laterID, task.Retrying, 1); !strings.Contains(tk.LastError, "symbolic links") {
+			t.Errorf("task whose blob cannot be opened: last error %q", tk.LastError)
+		}
+		if err := os.Rename(laterPath+".aside", laterPath); err != nil {
+			t.Fatal(err)
+		}
+		if got := <-read; got != "later" {
+			t.Errorf("the retry read %q", got)
+		}
+		synctest.Wait()
+		b.wantStatus(laterID, task.Succeeded, 2)
+		// The consistency check at cleanup rightly reports a missing blob.
+		if err := os.WriteFile(gonePath, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 type userKey struct{}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -488,4 +489,27 @@ func TestPanicRecorded(t *testing.T) {
 func panickingHandler(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK) // a panic fails the attempt whatever was written
 	panic("no frobnicator")
+}
+
+// A Retry-After too large for a time.Duration is capped, not wrapped
+// around into the past (which reran a throttled task at once, again and
+// again): the next attempt would pass MaxAge, so the task expires.
+func TestRetryAfterBeyondADuration(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, nil)
+		var attempts atomic.Int32
+		b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if attempts.Add(1) > 1 {
+				t.Error("the task ran again at once")
+				return // 200 ends it
+			}
+			w.Header().Set("Retry-After", "10000000000") // 317 years
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}), nil)
+		b.start()
+		id := b.enqueue(&queue.Job{Target: "work"})
+		synctest.Wait()
+		b.wantStatus(id, task.Expired, 1)
+	})
 }

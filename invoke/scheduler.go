@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -59,7 +60,8 @@ type Options struct {
 	// Observer, if not nil, hears of every enqueue, attempt start, retry,
 	// finish, expiry and delivery, to feed metrics (Prometheus, expvar,
 	// OpenTelemetry) without offload depending on them. It is called
-	// synchronously on the scheduler's goroutines and must be quick.
+	// synchronously on the scheduler's goroutines and must be quick; it is
+	// never called with a lock held, so it may call the Scheduler.
 	Observer func(Event)
 	// DeliveryConcurrency bounds the deliveries in flight to one
 	// destination, so that a slow one cannot hold up the others. Defaults
@@ -76,6 +78,7 @@ type Scheduler struct {
 	wake     chan struct{} // a task may be ready or a slot freed
 	dwake    chan struct{} // a delivery may be due or a delivery slot freed
 	stopping chan struct{} // closed by Stop: claim no more
+	stopped  atomic.Bool   // Stop was called: its context, not ShutdownTimeout, bounds the wait
 	hardStop chan struct{} // closed when in-flight attempts must be cancelled
 	done     chan struct{} // closed when Run has returned
 	stopOnce sync.Once
@@ -321,10 +324,10 @@ func (s *Scheduler) Capture(r *http.Request) map[string]string {
 }
 
 // Run claims and runs tasks until ctx is cancelled or Stop is called. Then
-// it claims no more, lets in-flight attempts finish for
-// Options.ShutdownTimeout (or until Stop's context ends), cancels the rest
-// with cause task.ErrShutdown, hands them back to the queue uncounted, and
-// returns. Run may be called once.
+// it claims no more, lets in-flight attempts finish (for
+// Options.ShutdownTimeout after ctx is cancelled, until Stop's context
+// ends after Stop), cancels the rest with cause task.ErrShutdown, hands
+// them back to the queue uncounted, and returns. Run may be called once.
 func (s *Scheduler) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.started {
@@ -354,14 +357,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	// outbox for the next run.
 	s.stopOnce.Do(func() { close(s.stopping) })
 	s.handBackWaiting()
-	grace := time.NewTimer(s.opts.ShutdownTimeout)
-	defer grace.Stop()
+	var graceOver <-chan time.Time // never, after Stop: its context decides
+	if !s.stopped.Load() {
+		grace := time.NewTimer(s.opts.ShutdownTimeout)
+		defer grace.Stop()
+		graceOver = grace.C
+	}
 	drained := make(chan struct{})
 	go func() { <-deliverDone; s.workers.Wait(); s.senders.Wait(); close(drained) }()
 	select {
 	case <-drained:
 		return nil
-	case <-grace.C:
+	case <-graceOver:
 	case <-s.hardStop:
 	}
 	s.cancelAll()
@@ -370,10 +377,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 // Stop stops Run: it claims no more tasks and waits for in-flight
-// attempts until ctx is done, then cancels them (cause task.ErrShutdown)
-// and waits for them to be handed back. It returns ctx.Err() if it had to
-// cancel. Stop is idempotent and safe to call before Run, or without it.
+// attempts until ctx is done (Options.ShutdownTimeout does not cut it
+// short), then cancels them (cause task.ErrShutdown) and waits for them to
+// be handed back; a handler that ignores its context's cancellation keeps
+// it waiting, since no goroutine of the scheduler outlives Stop. It
+// returns ctx.Err() if it had to cancel. Stop is idempotent and safe to
+// call before Run, or without it.
 func (s *Scheduler) Stop(ctx context.Context) error {
+	s.stopped.Store(true)
 	s.stopOnce.Do(func() { close(s.stopping) })
 	s.mu.Lock()
 	started := s.started
@@ -544,7 +555,21 @@ func (s *Scheduler) claim(ctx context.Context) (time.Time, error) {
 // the Lease may have been committed before that task.
 func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest, res *queue.LeaseResult, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.start(now, gen, reqs, res, err)
+	s.mu.Unlock()
+	if err != nil {
+		return
+	}
+	// Outside s.mu: an Observer may call back into the scheduler.
+	for _, t := range res.Expired {
+		s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
+		s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
+	}
+}
+
+// start is leased's work under s.mu.
+func (s *Scheduler) start(now time.Time, gen uint64, reqs []queue.LeaseRequest, res *queue.LeaseResult, err error) {
+	returned := time.Now()
 	s.leasing--
 	got := make(map[string]int, len(reqs))
 	if err != nil {
@@ -566,16 +591,12 @@ func (s *Scheduler) leased(now time.Time, gen uint64, reqs []queue.LeaseRequest,
 			if t.inflight < t.policy.Concurrency || a.ctx.Err() != nil {
 				s.launch(t, a) // one cancelled already ends at once
 			} else {
-				a.since = now
+				a.since = returned // it waits from here, not from the Lease's start
 				t.waiting = append(t.waiting, a)
 			}
 		}
-		for _, t := range res.Expired {
-			s.log.Info("offload: task expired before it ran", "id", t.ID, "target", t.Target)
-			s.observe(Event{Kind: EventExpired, Target: t.Target, TaskID: t.ID, Status: task.Expired, Attempt: t.Attempts})
-		}
 	}
-	took := time.Since(now)
+	took := returned.Sub(now)
 	for _, r := range reqs {
 		t := s.targets[r.Target]
 		t.reserved -= r.Max

@@ -541,3 +541,98 @@ func TestStopWaitsForAttempts(t *testing.T) {
 		}
 	})
 }
+
+// An Observer may call back into the scheduler: no event is sent with the
+// scheduler's lock held (EventExpired was, and deadlocked every claim).
+func TestObserverMayCallTheScheduler(t *testing.T) {
+	t.Parallel()
+	q := openQueue(t)
+	var s *invoke.Scheduler
+	admitted := make(chan error, 1)
+	s, err := invoke.New(q, &invoke.Options{Logger: testLogger(t), Observer: func(e invoke.Event) {
+		if e.Kind == invoke.EventExpired {
+			admitted <- s.Admit(context.Background(), "t")
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Any wait for a lease passes a MaxAge of a nanosecond: the task
+	// expires when it is first leased.
+	if err := s.Register("t", newProbe(answer(http.StatusOK)), &invoke.Policy{MaxAge: time.Nanosecond}); err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(context.Background()) }()
+	if _, err := s.Enqueue(context.Background(), &queue.Job{Target: "t", Request: getRequest("/")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-admitted:
+		if err != nil {
+			t.Errorf("Admit from the Observer: %v", err)
+		}
+	case <-time.After(time.Minute): // a guard, not a wait: the event comes at once
+		t.Fatal("an Observer that calls Admit on EventExpired never returned")
+	}
+	if err := s.Stop(context.Background()); err != nil {
+		t.Error(err)
+	}
+	if err := <-ran; err != nil {
+		t.Error(err)
+	}
+}
+
+// A handler that panics when shutdown cancels it (http.ErrAbortHandler is
+// the usual way) is handed back uncounted, as one that returns is.
+func TestShutdownHandsBackAHandlerThatPanics(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, nil)
+		entered := make(chan struct{})
+		b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			<-r.Context().Done()
+			panic(http.ErrAbortHandler)
+		}), &invoke.Policy{MaxRetries: invoke.NoRetries})
+		b.start()
+		id := b.enqueue(&queue.Job{Target: "work"})
+		<-entered
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := b.sched.Stop(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Stop: %v; want context.DeadlineExceeded", err)
+		}
+		b.wantStatus(id, task.Enqueued, 0)
+	})
+}
+
+// Stop's context, not Options.ShutdownTimeout, bounds how long Stop lets
+// attempts finish.
+func TestStopContextOutlastsShutdownTimeout(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, &invoke.Options{ShutdownTimeout: time.Second})
+		entered := make(chan struct{})
+		b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			select {
+			case <-time.After(time.Minute): // a minute of work
+			case <-r.Context().Done():
+			}
+		}), nil)
+		b.start()
+		id := b.enqueue(&queue.Job{Target: "work"})
+		<-entered
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		if err := b.sched.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v; want the attempt to finish in time", err)
+		}
+		if took := time.Since(start); took != time.Minute {
+			t.Errorf("Stop took %s; want the attempt's minute", took)
+		}
+		b.wantStatus(id, task.Succeeded, 1)
+	})
+}

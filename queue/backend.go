@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
@@ -22,7 +23,8 @@ type Backend interface {
 	Enqueue(ctx context.Context, job *Job) (Receipt, error)
 	// CreateBlob starts a body too large to keep inline.
 	CreateBlob() (Blob, error)
-	// OpenBody opens the body of a leased task for reading.
+	// OpenBody opens the body of a leased task for reading. Its error
+	// wraps ErrNoBody when the body will never be read; any other may pass.
 	OpenBody(l *Lease) (io.ReadCloser, error)
 
 	// Lease claims ready tasks for the requested targets and marks them
@@ -53,6 +55,10 @@ type Backend interface {
 	// not block. The returned func unsubscribes.
 	Subscribe(fn func(Notice)) (unsubscribe func())
 }
+
+// ErrNoBody is wrapped by OpenBody when a task's body cannot be read and
+// never will be: its record or blob is missing or damaged.
+var ErrNoBody = errors.New("the task's body is lost")
 
 // MaxIdempotencyKeyLen bounds Job.IdempotencyKey.
 const MaxIdempotencyKeyLen = 1024

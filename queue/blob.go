@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -81,7 +83,7 @@ func syncDir(dir string) error {
 // OpenBody implements Backend.
 func (q *Queue) OpenBody(l *Lease) (io.ReadCloser, error) {
 	if l.Request == nil {
-		return nil, fmt.Errorf("queue: body of %s: %w", l.ID, l.Corrupt)
+		return nil, fmt.Errorf("queue: body of %s: %w: %w", l.ID, ErrNoBody, l.Corrupt)
 	}
 	if l.Request.Blob == "" {
 		return io.NopCloser(bytes.NewReader(l.Request.Body)), nil
@@ -90,12 +92,15 @@ func (q *Queue) OpenBody(l *Lease) (io.ReadCloser, error) {
 	// damaged record can never reach outside the blob directory.
 	sealed, ok := blobKind(l.Request.Blob)
 	if !ok {
-		return nil, fmt.Errorf("queue: body of %s: bad blob name %q", l.ID, l.Request.Blob)
+		return nil, fmt.Errorf("queue: body of %s: %w: bad blob name %q", l.ID, ErrNoBody, l.Request.Blob)
 	}
 	if sealed && q.opts.Sealer == nil {
 		return nil, fmt.Errorf("queue: body of %s: blob %s is sealed and the queue has no Options.Sealer: %w", l.ID, l.Request.Blob, ErrSealed)
 	}
 	f, err := os.Open(filepath.Join(q.blobDir, l.Request.Blob))
+	if errors.Is(err, fs.ErrNotExist) {
+		err = fmt.Errorf("%w: %w", ErrNoBody, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: body of %s: %w", l.ID, err)
 	}

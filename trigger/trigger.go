@@ -181,7 +181,7 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 	}
 	v := r.Header.Get(HeaderInvocationType)
 	switch {
-	case v == "":
+	case len(r.Header[HeaderInvocationType]) == 0:
 		if prefersAsync(r.Header.Values("Prefer")) {
 			return true, true, true
 		}

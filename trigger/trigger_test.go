@@ -278,6 +278,8 @@ func TestAsyncContract(t *testing.T) {
 			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
 		{name: "non-ASCII type", header: []string{trigger.HeaderInvocationType, "Asynç"},
 			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
+		{name: "empty type", header: []string{trigger.HeaderInvocationType, ""},
+			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
 
 		// A header that must have one value, repeated with different ones:
 		// 400, nothing stored (a proxy may read the other value).

@@ -123,7 +123,7 @@ func (b *blob) Remove() error {
 // time.
 func (q *Queue) OpenBody(l *queue.Lease) (io.ReadCloser, error) {
 	if l.Request == nil {
-		return nil, fmt.Errorf("postgres: body of %s: %w", l.ID, l.Corrupt)
+		return nil, fmt.Errorf("postgres: body of %s: %w: %w", l.ID, queue.ErrNoBody, l.Corrupt)
 	}
 	if l.Request.Blob == "" {
 		return io.NopCloser(bytes.NewReader(l.Request.Body)), nil
@@ -135,7 +135,7 @@ func (q *Queue) OpenBody(l *queue.Lease) (io.ReadCloser, error) {
 	var complete bool
 	err := q.pool.QueryRow(ctx, q.sql.blobInfo, l.Request.Blob).Scan(&size, &chunks, &complete)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (!complete || size == nil || chunks == nil)) {
-		return nil, fmt.Errorf("postgres: body of %s: blob %s is missing or incomplete", l.ID, l.Request.Blob)
+		return nil, fmt.Errorf("postgres: body of %s: %w: blob %s is missing or incomplete", l.ID, queue.ErrNoBody, l.Request.Blob)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("postgres: body of %s: %w", l.ID, err)
