@@ -40,7 +40,9 @@ var ErrSignature = errors.New("destination: bad webhook signature")
 
 // WebhookOptions configures NewWebhook. A nil *WebhookOptions means all defaults.
 type WebhookOptions struct {
-	// Client sends the POSTs. If nil, a client of its own.
+	// Client sends the POSTs. If nil, a client of its own. Either way,
+	// redirects are not followed: a 3xx answer is a failed delivery, so
+	// that a signed record never goes anywhere but the URL given.
 	Client *http.Client
 	// Timeout bounds one delivery. Defaults to DefaultWebhookTimeout.
 	Timeout time.Duration
@@ -53,6 +55,7 @@ type WebhookOptions struct {
 // as delivered.
 type Webhook struct {
 	url    string
+	origin string // scheme and host, for errors: a URL's path may hold a token
 	secret []byte
 	client *http.Client
 	opts   WebhookOptions
@@ -76,11 +79,12 @@ func NewWebhook(rawURL string, secret []byte, opts *WebhookOptions) (*Webhook, e
 		return nil, errors.New("destination: negative webhook timeout")
 	}
 	o.Timeout = cmp.Or(o.Timeout, DefaultWebhookTimeout)
-	client := o.Client
-	if client == nil {
-		client = &http.Client{}
+	var client http.Client
+	if o.Client != nil {
+		client = *o.Client
 	}
-	return &Webhook{url: rawURL, secret: bytes.Clone(secret), client: client, opts: o}, nil
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Webhook{url: rawURL, origin: u.Scheme + "://" + u.Host, secret: bytes.Clone(secret), client: &client, opts: o}, nil
 }
 
 // Deliver implements Destination.
@@ -105,12 +109,17 @@ func (w *Webhook) Deliver(ctx context.Context, rec Record) error {
 	req.Header.Set(HeaderSignature, Sign(w.secret, time.Now(), body))
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("destination: webhook %s: %w", w.url, err)
+		// The client's error names the whole URL; errors are stored and shown.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("destination: webhook %s: %w", w.origin, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("destination: webhook %s answered %s", w.url, resp.Status)
+		return fmt.Errorf("destination: webhook %s answered %s", w.origin, resp.Status)
 	}
 	return nil
 }

@@ -224,6 +224,58 @@ func TestWebhookUnreachable(t *testing.T) {
 	}
 }
 
+// A redirect is a failed delivery, never followed: a 302 would turn the
+// POST into a bodiless GET that "succeeds", a 307 would send the signed
+// record, and the configured headers, to another host.
+func TestWebhookDoesNotFollowRedirects(t *testing.T) {
+	t.Parallel()
+	elsewhere := make(chan string, 16) // room for every try, should they all go
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere <- r.Method + " " + r.Header.Get("X-Api-Key")
+	}))
+	defer other.Close()
+	for _, code := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		rv := newReceiver(t, func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL+"/stolen", code)
+		})
+		for _, client := range []*http.Client{nil, {}} { // ours, and one the caller passes
+			w, err := destination.NewWebhook(rv.srv.URL, secret, &destination.WebhookOptions{Client: client, Header: http.Header{"X-Api-Key": {"k"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Deliver(context.Background(), destination.Record{}); err == nil || !strings.Contains(err.Error(), strconv.Itoa(code)) {
+				t.Errorf("answer %d: Deliver = %v; want a failure naming it", code, err)
+			}
+		}
+	}
+	select {
+	case got := <-elsewhere:
+		t.Errorf("the redirect was followed: %s", got)
+	default:
+	}
+}
+
+// A webhook's errors are stored on the task and shown: they name the
+// host, never the URL's credentials or its path, which may hold a token.
+func TestWebhookErrorsKeepTheURLSecret(t *testing.T) {
+	t.Parallel()
+	rv := newReceiver(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) })
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close()
+	for _, base := range []string{rv.srv.URL, closedURL} {
+		u := strings.Replace(base, "://", "://user:hunter22@", 1) + "/services/T0/B0/sEcReTtOkEn"
+		w, err := destination.NewWebhook(u, secret, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = w.Deliver(context.Background(), destination.Record{})
+		if err == nil || strings.Contains(err.Error(), "hunter22") || strings.Contains(err.Error(), "sEcReTtOkEn") {
+			t.Errorf("Deliver = %v; want an error without the password or the path", err)
+		}
+	}
+}
+
 func TestNewWebhookErrors(t *testing.T) {
 	t.Parallel()
 	for _, u := range []string{"", "example.com/hook", "/hook", "ftp://example.com/hook", "http://", "https:///path",

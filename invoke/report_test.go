@@ -1,6 +1,7 @@
 package invoke_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"testing"
 	"testing/synctest"
@@ -35,6 +36,29 @@ func TestHandlerLogsAndProgressKept(t *testing.T) {
 		}
 		if tk := b.wantStatus(quiet, task.Succeeded, 1); len(tk.Logs) != 0 || tk.Progress != nil {
 			t.Errorf("a silent handler's task has logs %+v, progress %+v", tk.Logs, tk.Progress)
+		}
+	})
+}
+
+// Progress computed as done/total with nothing to do is NaN, which JSON
+// cannot carry: it is kept as 0, so that the task can still be shown.
+func TestProgressNaNKeptAsZero(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, nil)
+		b.register("empty", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			done, total := 0.0, 0.0
+			task.SetProgress(r.Context(), 100*done/total, "nothing to do")
+		}), nil)
+		b.start()
+		id := b.enqueue(&queue.Job{Target: "empty"})
+		synctest.Wait()
+		tk := b.wantStatus(id, task.Succeeded, 1)
+		if p := tk.Progress; p == nil || p.Percent != 0 || p.Message != "nothing to do" {
+			t.Errorf("progress %+v; want 0%% %q", p, "nothing to do")
+		}
+		if _, err := json.Marshal(tk); err != nil {
+			t.Errorf("the task cannot be shown: %v", err)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -78,11 +79,14 @@ func Logger(ctx context.Context) *slog.Logger {
 }
 
 // SetProgress records the progress of the task running in ctx (percent
-// from 0 to 100, and a message), which [Query] shows while it runs. It is
+// from 0 to 100, clamped, NaN counting as 0; and a message), which [Query] shows while it runs. It is
 // cheap enough for a hot loop: writes are coalesced. Outside a replay it
 // does nothing.
 func SetProgress(ctx context.Context, percent float64, message string) {
 	if rp, ok := ctx.Value(reporterKey{}).(*reporting); ok {
+		if math.IsNaN(percent) { // done/total with nothing to do: JSON has no NaN
+			percent = 0
+		}
 		rp.r.SetProgress(min(max(percent, 0), 100), message)
 	}
 }

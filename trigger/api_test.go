@@ -2,15 +2,21 @@ package trigger_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"math"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/internal/testutil"
+	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 	"github.com/offload-go/offload/trigger"
 )
@@ -588,5 +594,38 @@ func TestAPIUnrouted(t *testing.T) {
 		if got := res.header.Get("Allow"); got != c.allow {
 			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
 		}
+	}
+}
+
+// nanStore shows every task with a progress JSON cannot carry.
+type nanStore struct{ task.Store }
+
+func (s nanStore) GetTask(ctx context.Context, id string) (*task.Task, error) {
+	tk, err := s.Store.GetTask(ctx, id)
+	if tk != nil {
+		tk.Progress = &task.Progress{Percent: math.NaN()}
+	}
+	return tk, err
+}
+
+// An answer that JSON cannot carry is a 500 with a JSON error, never a
+// 200 with no body.
+func TestAPIAnswerThatCannotBeEncoded(t *testing.T) {
+	t.Parallel()
+	q := testutil.OpenQueue(t, &queue.Options{Logger: discard})
+	r, err := q.Enqueue(context.Background(), &queue.Job{Target: "t", Request: &reqcodec.Request{Method: http.MethodPost, RequestURI: "/", Proto: "HTTP/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.StripPrefix("/tasks", trigger.TaskAPI(nanStore{q}, nil)))
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/tasks/" + r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var body struct{ Code string }
+	if err := json.NewDecoder(res.Body).Decode(&body); err != nil || res.StatusCode != http.StatusInternalServerError || body.Code != trigger.CodeInternal {
+		t.Errorf("GET of a task JSON cannot carry: %d %+v (%v); want 500 %s", res.StatusCode, body, err, trigger.CodeInternal)
 	}
 }

@@ -50,6 +50,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -299,7 +300,12 @@ var errNoFFmpeg = errors.New("ffmpeg is not installed")
 // Largest image accepted, in pixels, to refuse decompression bombs.
 const maxPixels = 100 << 20
 
-var videoExts = map[string]bool{".mp4": true, ".m4v": true, ".mov": true, ".mkv": true, ".webm": true, ".avi": true, ".mpg": true, ".ts": true}
+var (
+	videoExts = map[string]bool{".mp4": true, ".m4v": true, ".mov": true, ".mkv": true, ".webm": true, ".avi": true, ".mpg": true, ".ts": true}
+	imageExts = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".gif": true, ".webp": true}
+	// outputName matches what outputPath makes, as clip.640w.mp4.
+	outputName = regexp.MustCompile(`\.[0-9]+w\.[^.]+$`)
+)
 
 func (tc *transcoder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
@@ -309,7 +315,7 @@ func (tc *transcoder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	name := r.PathValue("name")
 	if !validName(name) {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "the name must be a plain file name with an extension"})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "the name must be a plain file name with an image or video extension, not an output's"})
 		return
 	}
 	in := filepath.Join(tc.dir, name)
@@ -353,10 +359,14 @@ func (tc *transcoder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// validName accepts a plain file name with an extension, no directories.
+// validName accepts a plain file name, no directories, with an image or
+// video extension: an upload is saved under it in -dir, which also holds
+// the queue's database (offload.db) and the outputs (clip.640w.mp4), and
+// must never replace them.
 func validName(name string) bool {
+	ext := strings.ToLower(filepath.Ext(name))
 	return name != "" && len(name) <= 200 && filepath.IsLocal(name) && !strings.ContainsAny(name, `/\`) &&
-		!strings.HasPrefix(name, ".") && filepath.Ext(name) != ""
+		!strings.HasPrefix(name, ".") && (videoExts[ext] || imageExts[ext]) && !outputName.MatchString(name)
 }
 
 // kindOf tells an image from a video by its first bytes, then by its
@@ -376,7 +386,7 @@ func kindOf(path string) string {
 		return "image"
 	case strings.HasPrefix(ct, "video/"), videoExts[ext]:
 		return "video"
-	case ext == ".png", ext == ".jpg", ext == ".jpeg", ext == ".gif", ext == ".webp":
+	case imageExts[ext]:
 		return "image" // it will fail to decode, as it should
 	}
 	return ""

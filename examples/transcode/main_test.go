@@ -184,6 +184,35 @@ func TestCorrupt(t *testing.T) {
 	s.checkNoLeftovers(t, "broken.")
 }
 
+// Uploads are saved in -dir, beside the queue's database and the outputs:
+// a name that would replace one of them is refused, and the queue goes on.
+func TestUploadNamesThatWouldReplaceFiles(t *testing.T) {
+	t.Parallel()
+	s := start(t)
+	db := filepath.Join(s.dir, "offload.db")
+	before, err := os.Stat(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"offload.db", "offload.db.journal", "clip.640w.png", "notes.txt", "noext"} {
+		res, body := s.do(t, http.MethodPost, "/videos/"+name, []byte("not what was there"), nil)
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("sync upload %q: %d %s; want 400", name, res.StatusCode, body)
+		}
+	}
+	if after, err := os.Stat(db); err != nil || !os.SameFile(before, after) {
+		t.Errorf("the database file was replaced by an upload (%v)", err)
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, testImage(32, 32)); err != nil {
+		t.Fatal(err)
+	}
+	id := s.upload(t, "fine.png", buf.Bytes())
+	if tk := s.waitDone(t, id); tk.Status != "Succeeded" {
+		t.Errorf("an upload after the refused ones: %s %s", tk.Status, tk.ReturnPayload)
+	}
+}
+
 // TestStop stops a transcode while ffmpeg runs: ffmpeg is killed, the
 // partial output removed, and the task ends Stopped, which the failure
 // hook hears. ffmpeg is slowed to real time (-re) by a wrapper script
