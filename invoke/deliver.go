@@ -190,7 +190,7 @@ func (s *Scheduler) Submit(ctx context.Context, target string, r *http.Request) 
 		req.Body, req.BodySize = body, int64(len(body))
 	}
 	if job.IdempotencyKey != "" {
-		h := reqcodec.NewFingerprint(r.Method, uri)
+		h := reqcodec.NewFingerprint(r.Method, uri, req.Values)
 		h.Write(req.Body)
 		h.Sum(job.Fingerprint[:0])
 	}

@@ -361,7 +361,7 @@ func (tr *Trigger) accept(w http.ResponseWriter, r *http.Request, target string,
 		if p.id != "" {
 			uri += " " + p.id
 		}
-		sum = reqcodec.NewFingerprint(r.Method, uri)
+		sum = reqcodec.NewFingerprint(r.Method, uri, req.Values)
 	}
 	blob, err := tr.readBody(w, r, st, sum)
 	if err != nil {

@@ -398,6 +398,20 @@ func TestAsyncContract(t *testing.T) {
 			},
 			path: workPath + "alpha", header: with(trigger.HeaderIdempotencyKey, "k-1", trigger.HeaderAsyncTaskID, "mine"), body: "same",
 			wantStatus: 422, wantCode: trigger.CodeIdempotencyKeyMismatch, wantStored: 1},
+		// Capture says who sent a request: a key reused by someone else
+		// is not answered with the first sender's task.
+		{name: "idempotency key, other user", wrap: capturingUser,
+			prep: func(t *testing.T, b *testBundle) string {
+				return b.accept(t, "same", trigger.HeaderIdempotencyKey, "k-1", "X-User", "alice")
+			},
+			path: workPath + "alpha", header: with(trigger.HeaderIdempotencyKey, "k-1", "X-User", "bob"), body: "same",
+			wantStatus: 422, wantCode: trigger.CodeIdempotencyKeyMismatch, wantStored: 1},
+		{name: "idempotency key, same user", wrap: capturingUser,
+			prep: func(t *testing.T, b *testBundle) string {
+				return b.accept(t, "same", trigger.HeaderIdempotencyKey, "k-1", "X-User", "alice")
+			},
+			path: workPath + "alpha", header: with(trigger.HeaderIdempotencyKey, "k-1", "X-User", "alice"), body: "same",
+			wantStatus: 202, wantStored: 1, earlier: true},
 		{name: "other idempotency key",
 			prep: func(t *testing.T, b *testBundle) string {
 				return b.accept(t, "same", trigger.HeaderIdempotencyKey, "k-1")
@@ -619,6 +633,15 @@ var patternBlock = func() []byte {
 	}
 	return b
 }()
+
+// userCapture is the scheduler with a Capture that keeps the X-User header.
+type userCapture struct{ trigger.Enqueuer }
+
+func (userCapture) Capture(r *http.Request) map[string]string {
+	return map[string]string{"user": r.Header.Get("X-User")}
+}
+
+func capturingUser(e trigger.Enqueuer) trigger.Enqueuer { return userCapture{e} }
 
 // faultyEnqueuer is the scheduler with failures injected.
 type faultyEnqueuer struct {

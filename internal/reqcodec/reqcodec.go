@@ -137,10 +137,13 @@ func decodeKVs(d *wire.Decoder) []KV {
 }
 
 // NewFingerprint starts the fingerprint that an Idempotency-Key is matched
-// with: SHA-256 over the method, the request URI and then the body, which
-// the caller writes to the returned hash.
-func NewFingerprint(method, requestURI string) hash.Hash {
+// with: SHA-256 over the method, the request URI, the captured values (who
+// sent it: a key reused by another user or tenant must not be answered
+// with the first one's task) and then the body, which the caller writes to
+// the returned hash.
+func NewFingerprint(method, requestURI string, values []KV) hash.Hash {
 	h := sha256.New()
 	h.Write([]byte(method + " " + requestURI + "\n"))
+	h.Write(appendKVs(nil, values))
 	return h
 }
