@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"strconv"
 	"testing"
 	"time"
 
@@ -319,7 +320,7 @@ func TestTargetRequest(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"Content-Type":              "application/json",
-		"Idempotency-Key":           "destination:01M8A5JMZP442HFYP7HK6MA4SD:RetriesExhausted",
+		"Idempotency-Key":           "destination:01M8A5JMZP442HFYP7HK6MA4SD:RetriesExhausted:" + strconv.FormatInt(finished.UnixNano(), 10),
 		destination.HeaderRequestID: "01M8A5JMZP442HFYP7HK6MA4SD",
 		destination.HeaderCondition: "RetriesExhausted",
 	} {

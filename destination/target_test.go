@@ -3,6 +3,7 @@ package destination_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -130,17 +131,26 @@ func TestTargetConformance(t *testing.T) {
 
 // A repeated delivery of one record starts the follow-up once, thanks to
 // the idempotency key; another condition for the same task is another
-// follow-up.
+// follow-up, and so is the same condition again after the task was
+// retried (another finish, with more attempts).
 func TestTargetIdempotent(t *testing.T) {
 	t.Parallel()
 	c := newChain(t)
 	d := destination.Target(c, "receive")
-	rec := destination.Record{Version: destination.Version, RequestContext: destination.RequestContext{
-		RequestID: "01M8A5JMZP442HFYP7HK6MA4SD", FunctionArn: "first", Condition: destination.RetriesExhausted,
+	finished := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	rec := destination.Record{Version: destination.Version, Timestamp: finished, RequestContext: destination.RequestContext{
+		RequestID: "01M8A5JMZP442HFYP7HK6MA4SD", FunctionArn: "first", Condition: destination.RetriesExhausted, ApproximateInvokeCount: 4,
 	}}
 	for range 3 {
 		if err := d.Deliver(context.Background(), rec); err != nil {
 			t.Fatal(err)
+		}
+	}
+	again := rec
+	again.Timestamp, again.RequestContext.ApproximateInvokeCount = finished.Add(time.Hour), 8
+	for range 2 {
+		if err := d.Deliver(context.Background(), again); err != nil {
+			t.Fatalf("the next finish of a retried task: %v", err)
 		}
 	}
 	rec.RequestContext.Condition = destination.Success
@@ -148,12 +158,12 @@ func TestTargetIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := c.received(t)
-	conds := []string{}
+	seen := []string{}
 	for _, r := range got {
-		conds = append(conds, string(r.RequestContext.Condition))
+		seen = append(seen, fmt.Sprintf("%s/%d", r.RequestContext.Condition, r.RequestContext.ApproximateInvokeCount))
 	}
-	slices.Sort(conds)
-	if want := []string{"RetriesExhausted", "Success"}; !slices.Equal(conds, want) {
-		t.Errorf("follow-ups received %v; want one per condition, %v", conds, want)
+	slices.Sort(seen)
+	if want := []string{"RetriesExhausted/4", "RetriesExhausted/8", "Success/4"}; !slices.Equal(seen, want) {
+		t.Errorf("follow-ups received %v; want one per finish and condition, %v", seen, want)
 	}
 }
