@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 	"unicode/utf8"
@@ -157,12 +158,25 @@ func Log(l *slog.Logger) Destination {
 
 // Multi delivers to each of ds in turn and joins their errors (as
 // errors.Join); the record counts as delivered only when all succeed, so a
-// retry may repeat it to those that did.
+// retry may repeat it to those that did. The joined error is permanent
+// only when every failure is: one part that may recover gets its retries.
 func Multi(ds ...Destination) Destination {
 	return Func(func(ctx context.Context, rec Record) error {
 		var errs []error
+		permanent := true
 		for _, d := range ds {
-			errs = append(errs, d.Deliver(ctx, rec))
+			err := d.Deliver(ctx, rec)
+			if err != nil && !errors.As(err, new(*PermanentError)) {
+				permanent = false
+			}
+			errs = append(errs, err)
+		}
+		if !permanent {
+			for i, err := range errs {
+				if pe, ok := err.(*PermanentError); ok {
+					errs[i] = fmt.Errorf("permanent: %w", pe.Err) // no longer marks the whole
+				}
+			}
 		}
 		return errors.Join(errs...)
 	})

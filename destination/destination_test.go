@@ -93,10 +93,14 @@ func TestMultiJoinsErrors(t *testing.T) {
 	if !errors.Is(err, errA) || !errors.Is(err, errC) {
 		t.Errorf("Multi error %v; want it to wrap both failures", err)
 	}
-	if !errors.As(err, new(*destination.PermanentError)) {
-		t.Errorf("Multi error %v does not carry the permanent error of one part", err)
+	if errors.As(err, new(*destination.PermanentError)) {
+		t.Errorf("Multi error %v is permanent; want a retry for the part that may recover", err)
 	}
-	if want := []string{"a", "b", "c"}; !slices.Equal(calls, want) {
+	err = destination.Multi(mk("b", nil), mk("c", destination.Permanent(errC))).Deliver(context.Background(), destination.Record{})
+	if !errors.As(err, new(*destination.PermanentError)) || !errors.Is(err, errC) {
+		t.Errorf("Multi error %v; want it permanent when every failure is", err)
+	}
+	if want := []string{"a", "b", "c", "b", "c"}; !slices.Equal(calls, want) {
 		t.Errorf("Multi called %v; want %v (all, in order, despite the first failing)", calls, want)
 	}
 	if err := destination.Multi(mk("b", nil), mk("b", nil)).Deliver(context.Background(), destination.Record{}); err != nil {
