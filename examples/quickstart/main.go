@@ -83,10 +83,11 @@ func run(addr, dbPath string) error {
 
 	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var serveErr error // serving failed: shut down as for a signal, then report it
 	select {
 	case <-sig.Done():
-	case err := <-srvDone:
-		return err
+	case serveErr = <-srvDone:
+		log.Error("serving failed", "err", serveErr)
 	}
 	log.Info("shutting down")
 
@@ -104,7 +105,10 @@ func run(addr, dbPath string) error {
 	}
 	httpCtx, httpCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer httpCancel()
-	return srv.Shutdown(httpCtx)
+	if err := srv.Shutdown(httpCtx); err != nil {
+		return err
+	}
+	return serveErr
 }
 
 // work simulates slow work. It runs the same way for sync calls and for
