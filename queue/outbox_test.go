@@ -20,13 +20,19 @@ func pending(t *testing.T, q *queue.Queue, at time.Time) []*queue.Delivery {
 	return ds
 }
 
+// clockedQueue is a queue on a clock that moves only when told, keeping
+// finished tasks a minute and purging only when asked.
+func clockedQueue(t *testing.T) (*queue.Queue, *clock) {
+	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	return testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour}), clk
+}
+
 // A stop, a retry and a stop of one task at one instant (in one commit,
 // or with a clock that does not move) owe two deliveries: two outbox
 // entries, each recorded on the task when it is delivered.
 func TestTwoFinishesAtOneInstantOweTwoDeliveries(t *testing.T) {
 	t.Parallel()
-	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q, clk := clockedQueue(t)
 	q.SetDestinations("d", false, true)
 	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: clk.Now().Add(time.Hour)})
 	for _, f := range []func() (*task.Task, error){
@@ -94,8 +100,7 @@ func TestConcurrentStopsAndRetriesKeepTheOutboxInStep(t *testing.T) {
 // under it.
 func TestDeliveryHistoryKeepsEveryPendingDelivery(t *testing.T) {
 	t.Parallel()
-	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q, clk := clockedQueue(t)
 	q.SetDestinations("d", false, true)
 	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: clk.Now().Add(time.Hour)})
 	const stops = 12 // more than a task's history keeps
@@ -140,8 +145,7 @@ func TestDeliveryHistoryKeepsEveryPendingDelivery(t *testing.T) {
 // pending), however many there are, to the ones it may delete.
 func TestPurgeGoesPastTasksWithPendingDeliveries(t *testing.T) {
 	t.Parallel()
-	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	q := testutil.OpenQueue(t, &queue.Options{Now: clk.Now, Retention: time.Minute, PurgeInterval: 24 * time.Hour})
+	q, clk := clockedQueue(t)
 	q.SetDestinations("owed", false, true)
 	stopAll := func(target string, n int) {
 		var wg sync.WaitGroup
