@@ -16,7 +16,8 @@ import (
 type Destination interface {
 	// Deliver hands rec over. A nil error means delivered; an error means
 	// try again later, within the scheduler's bounded tries. Return
-	// Permanent(err) to stop retrying at once. Deliver must honour ctx.
+	// Permanent(err) to stop retrying at once, or RetryAfter(err, d) when
+	// the receiver asked for a pause. Deliver must honour ctx.
 	Deliver(ctx context.Context, rec Record) error
 }
 
@@ -79,7 +80,10 @@ type ResponseContext struct {
 }
 
 // ConditionOf returns the condition of a task in a terminal status, and
-// false for any other status.
+// false for any other status. It tells NonRetryableError from
+// RetriesExhausted by the last answer's status code as
+// invoke.DefaultClassify reads it; the scheduler's own records follow the
+// target's Classify.
 func ConditionOf(t *task.Task) (Condition, bool) {
 	switch t.Status {
 	case task.Succeeded:
@@ -195,4 +199,24 @@ func Permanent(err error) error {
 		return nil
 	}
 	return &PermanentError{Err: err}
+}
+
+// RetryAfterError is a delivery error whose receiver asked to be tried
+// again After from now (an HTTP Retry-After). The scheduler waits that
+// long instead of its backoff, still within its bounded tries.
+type RetryAfterError struct {
+	Err   error
+	After time.Duration
+}
+
+func (e *RetryAfterError) Error() string { return e.Err.Error() }
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// RetryAfter wraps err so that the scheduler tries the delivery again d
+// from now rather than after its backoff. RetryAfter(nil, d) is nil.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return &RetryAfterError{Err: err, After: max(d, 0)}
 }

@@ -127,6 +127,21 @@ func TestPermanent(t *testing.T) {
 	}
 }
 
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	if err := destination.RetryAfter(nil, time.Minute); err != nil {
+		t.Errorf("RetryAfter(nil) = %v; want nil", err)
+	}
+	base := errors.New("busy")
+	for _, tt := range []struct{ in, want time.Duration }{{time.Minute, time.Minute}, {-time.Minute, 0}} {
+		err := destination.RetryAfter(base, tt.in)
+		var ra *destination.RetryAfterError
+		if !errors.As(err, &ra) || ra.After != tt.want || !errors.Is(err, base) || err.Error() != "busy" {
+			t.Errorf("RetryAfter(%v, %s) = %#v; want a *RetryAfterError of %s wrapping it", base, tt.in, err, tt.want)
+		}
+	}
+}
+
 func TestConditionOf(t *testing.T) {
 	t.Parallel()
 	resp := func(code int) *task.Response { return &task.Response{StatusCode: code} }

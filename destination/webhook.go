@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/offload-go/offload/internal/retryafter"
 )
 
 // Webhook headers.
@@ -52,7 +54,11 @@ type WebhookOptions struct {
 
 // Webhook POSTs each record as JSON to a fixed URL, signed with
 // HMAC-SHA256 (see HeaderSignature and Verify). Only a 2xx answer counts
-// as delivered.
+// as delivered; any other is tried again, after the answer's Retry-After
+// if it has one (a receiver that sheds load with 429 or 503 gets its
+// pause). The signature covers the body only: HeaderRequestID and
+// HeaderCondition repeat fields of the record for routing, and a receiver
+// acts on the verified record (VerifyRequest), not on them.
 type Webhook struct {
 	url    string
 	origin string // scheme and host, for errors: a URL's path may hold a token
@@ -119,7 +125,11 @@ func (w *Webhook) Deliver(ctx context.Context, rec Record) error {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("destination: webhook %s answered %s", w.origin, resp.Status)
+		err := fmt.Errorf("destination: webhook %s answered %s", w.origin, resp.Status)
+		if d, ok := retryafter.Parse(resp.Header, time.Now()); ok {
+			return RetryAfter(err, d)
+		}
+		return err
 	}
 	return nil
 }

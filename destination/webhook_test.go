@@ -166,6 +166,55 @@ func TestWebhookStatus(t *testing.T) {
 	}
 }
 
+// A receiver's Retry-After on a failed answer becomes a RetryAfterError
+// carrying its wait; a failure without one, or with one the header format
+// does not allow, stays a plain error, and a 2xx is delivered whatever it
+// says.
+func TestWebhookRetryAfter(t *testing.T) {
+	t.Parallel()
+	inAnHour := func() string { return time.Now().Add(time.Hour).UTC().Format(http.TimeFormat) }
+	for _, tt := range []struct {
+		name  string
+		code  int
+		value func() string // the header, made when the receiver answers
+		want  time.Duration // -1: no RetryAfterError
+	}{
+		{"seconds", http.StatusTooManyRequests, func() string { return "120" }, 2 * time.Minute},
+		{"zero", http.StatusServiceUnavailable, func() string { return "0" }, 0},
+		{"date", http.StatusServiceUnavailable, inAnHour, time.Hour},
+		{"none", http.StatusInternalServerError, func() string { return "" }, -1},
+		{"malformed", http.StatusTooManyRequests, func() string { return "in a bit" }, -1},
+		{"delivered", http.StatusOK, func() string { return "120" }, -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rv := newReceiver(t, func(w http.ResponseWriter, r *http.Request) {
+				if v := tt.value(); v != "" {
+					w.Header().Set("Retry-After", v)
+				}
+				w.WriteHeader(tt.code)
+			})
+			err := rv.webhook(t, nil).Deliver(context.Background(), destination.Record{})
+			if (err == nil) != (tt.code == http.StatusOK) {
+				t.Fatalf("Deliver = %v after a %d", err, tt.code)
+			}
+			var ra *destination.RetryAfterError
+			switch {
+			case tt.want < 0 && errors.As(err, &ra):
+				t.Errorf("Deliver = %v, a RetryAfterError of %s; want none", err, ra.After)
+			case tt.want >= 0 && !errors.As(err, &ra):
+				t.Errorf("Deliver = %v; want a RetryAfterError of %s", err, tt.want)
+			case tt.want >= 0 && (ra.After > tt.want || ra.After < tt.want-2*time.Second):
+				// An HTTP date has whole seconds, and the answer took a moment.
+				t.Errorf("RetryAfterError.After = %s; want %s", ra.After, tt.want)
+			}
+			if err != nil && !strings.Contains(err.Error(), strconv.Itoa(tt.code)) {
+				t.Errorf("error %q does not name the status %d", err, tt.code)
+			}
+		})
+	}
+}
+
 // A receiver that never answers: Timeout ends the POST, and the
 // receiver's request context ends with it.
 func TestWebhookTimeout(t *testing.T) {

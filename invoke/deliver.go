@@ -10,6 +10,7 @@ import (
 
 	"github.com/offload-go/offload/destination"
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/internal/retryafter"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -146,6 +147,9 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 	}
 	if err == nil {
 		cond, ok := destination.ConditionOf(tk)
+		if cond == destination.RetriesExhausted || cond == destination.NonRetryableError {
+			cond = t.policy.failedCondition(tk)
+		}
 		if !ok || (cond == destination.Success) != (d.Destination == task.OnSuccess) {
 			// Retried since the finish this delivery was for: that
 			// finish's record is gone, and the task's next finish owes
@@ -160,7 +164,11 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 	}
 	res := queue.DeliveryResult{Error: err.Error()}
 	if d.Tries+1 < s.opts.DeliveryTries && !errors.As(err, new(*destination.PermanentError)) {
-		res.RetryAt = time.Now().Add(backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1))
+		wait := backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1)
+		if ra := (*destination.RetryAfterError)(nil); errors.As(err, &ra) {
+			wait = min(ra.After, retryafter.Max) // the receiver's word, as a handler's Retry-After is
+		}
+		res.RetryAt = time.Now().Add(wait)
 	}
 	return res
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -250,6 +251,25 @@ func TestDestinationConditions(t *testing.T) {
 			name: "NonRetryableError", handler: dstRespond(http.StatusUnprocessableEntity, "bad input"),
 			want: wantRec{dest: task.OnFailure, cond: destination.NonRetryableError, attempts: 1, code: 422, payload: "bad input",
 				errText: "422"},
+		},
+		{
+			// The condition follows the target's Classify, not the status
+			// code's usual meaning: a 404 retried until the budget ran out,
+			// a 500 failed at once.
+			name: "RetriesExhausted by a custom Classify", handler: dstRespond(http.StatusNotFound, "not yet"),
+			policy: invoke.Policy{MaxRetries: 1, Classify: func(code int) invoke.Verdict {
+				return map[bool]invoke.Verdict{true: invoke.Retry, false: invoke.DefaultClassify(code)}[code == http.StatusNotFound]
+			}},
+			want: wantRec{dest: task.OnFailure, cond: destination.RetriesExhausted, attempts: 2, code: 404, payload: "not yet",
+				errText: "retries exhausted: 1"},
+		},
+		{
+			name: "NonRetryableError by a custom Classify", handler: dstRespond(http.StatusInternalServerError, "corrupt input"),
+			policy: invoke.Policy{Classify: func(code int) invoke.Verdict {
+				return map[bool]invoke.Verdict{true: invoke.Fail, false: invoke.DefaultClassify(code)}[code == http.StatusInternalServerError]
+			}},
+			want: wantRec{dest: task.OnFailure, cond: destination.NonRetryableError, attempts: 1, code: 500, payload: "corrupt input",
+				errText: "500"},
 		},
 		{
 			name: "EventAgeExceeded after an attempt", handler: dstRespond(http.StatusBadGateway, "later"),
@@ -561,6 +581,39 @@ func TestDestinationPermanent(t *testing.T) {
 			t.Errorf("destination called %d times after a permanent error; want 1", n)
 		}
 		b.wantDeliveries(id, task.Delivery{Destination: task.OnFailure, Status: task.DeliveryFailed, Tries: 1, LastError: "permanent: rejected"})
+	})
+}
+
+// A receiver's RetryAfter sets the wait before the next try instead of
+// the backoff, shorter or longer; one far beyond any backoff is capped,
+// not overflowed into the past.
+func TestDestinationRetryAfter(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := dstSetup(t, nil, &invoke.Options{DeliveryBackoffInitial: time.Minute, DeliveryBackoffMax: time.Minute, DeliveryTries: 5})
+		waits := []time.Duration{5 * time.Second, 2 * time.Hour, math.MaxInt64}
+		sink := newDstSink()
+		var calls []time.Time
+		sink.FailFunc = func(ctx context.Context, n int) error {
+			calls = append(calls, time.Now())
+			if n <= len(waits) {
+				return destination.RetryAfter(fmt.Errorf("busy, try %d", n), waits[n-1])
+			}
+			return nil
+		}
+		b.register("work", dstRespond(http.StatusOK, ""), &invoke.Policy{OnSuccess: sink})
+		b.run()
+		id := b.enqueue("work", "", time.Time{})
+		dstAdvance(3 * time.Hour)
+		if len(calls) != 3 {
+			t.Fatalf("destination called %d times in 3h; want 3 (5s, then 2h, then a capped wait)", len(calls))
+		}
+		for i, want := range waits[:2] {
+			if gap := calls[i+1].Sub(calls[i]); gap != want {
+				t.Errorf("wait before try %d is %s; want the receiver's %s", i+2, gap, want)
+			}
+		}
+		b.wantDeliveries(id, task.Delivery{Destination: task.OnSuccess, Status: task.DeliveryPending, Tries: 3, LastError: "busy, try 3"})
 	})
 }
 

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/time/rate"
 
 	"github.com/offload-go/offload/destination"
+	"github.com/offload-go/offload/task"
 )
 
 // Policy defaults, as in Function Compute where it has one.
@@ -81,6 +81,16 @@ const (
 	Throttle                    // try again after backoff without using up a retry
 	Fail                        // fail at once
 )
+
+// failedCondition tells, for a task that ended Failed, whether this
+// policy's Classify failed its last answer at once or its retries ran out;
+// destination.ConditionOf can only assume DefaultClassify.
+func (c *Policy) failedCondition(t *task.Task) destination.Condition {
+	if t.Response != nil && c.Classify(t.Response.StatusCode) == Fail {
+		return destination.NonRetryableError
+	}
+	return destination.RetriesExhausted
+}
 
 // DefaultClassify: 2xx and 3xx succeed; 429 and 503 throttle; 408, 425
 // and other 5xx are retried; other codes fail.
@@ -154,24 +164,4 @@ func backoffDelay(initial, maxDelay time.Duration, n int) time.Duration {
 		d = b.NextBackOff()
 	}
 	return d
-}
-
-// maxRetryAfter caps a Retry-After: far beyond any MaxAge, and short of
-// overflowing a time.Duration, which would schedule the next attempt in
-// the past.
-const maxRetryAfter = 100 * 365 * 24 * time.Hour
-
-// retryAfter reads a Retry-After header: delay-seconds or an HTTP date.
-func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
-	v := h.Get("Retry-After")
-	if v == "" {
-		return 0, false
-	}
-	if secs, err := strconv.ParseUint(v, 10, 64); err == nil {
-		return time.Duration(min(secs, uint64(maxRetryAfter/time.Second))) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
-	}
-	return 0, false
 }

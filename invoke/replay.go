@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offload-go/offload/internal/retryafter"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -202,7 +203,7 @@ func after(p *Policy, l *queue.Lease, out queue.Outcome, verdict Verdict, answer
 		return out
 	}
 	now := time.Now()
-	wait, ok := retryAfter(answer, now)
+	wait, ok := retryafter.Parse(answer, now)
 	if !ok {
 		wait = backoffDelay(p.BackoffInitial, p.BackoffMax, l.Attempt-l.RetryBase)
 	}
