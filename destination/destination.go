@@ -50,19 +50,29 @@ const Version = "1.0"
 //	  },
 //	  "requestPayload": "...",          // the request body, as text
 //	  "requestPayloadEncoding": "base64", // only when the body is not UTF-8
+//	  "requestPayloadSize": 104857600,  // only when the payload is not the whole body
 //	  "responseContext": {"statusCode": 200, "functionError": ""},
 //	  "responsePayload": "...",         // the last response body (capped), as text
-//	  "responsePayloadEncoding": "base64"
+//	  "responsePayloadEncoding": "base64",
+//	  "responsePayloadSize": 2097152    // only when the payload is not the whole body
 //	}
 type Record struct {
-	Version                 string          `json:"version"`
-	Timestamp               time.Time       `json:"timestamp"`
-	RequestContext          RequestContext  `json:"requestContext"`
-	RequestPayload          string          `json:"requestPayload"`
-	RequestPayloadEncoding  string          `json:"requestPayloadEncoding,omitempty"`
+	Version                string         `json:"version"`
+	Timestamp              time.Time      `json:"timestamp"`
+	RequestContext         RequestContext `json:"requestContext"`
+	RequestPayload         string         `json:"requestPayload"`
+	RequestPayloadEncoding string         `json:"requestPayloadEncoding,omitempty"`
+	// RequestPayloadSize is set only when RequestPayload holds less than
+	// the request body: the body's size in bytes. A body too large to
+	// keep inline (the queue streamed it to a blob file) is left out.
+	RequestPayloadSize      int64           `json:"requestPayloadSize,omitempty"`
 	ResponseContext         ResponseContext `json:"responseContext"`
 	ResponsePayload         string          `json:"responsePayload"`
 	ResponsePayloadEncoding string          `json:"responsePayloadEncoding,omitempty"`
+	// ResponsePayloadSize is set only when ResponsePayload holds less than
+	// the response body, which the scheduler's ResponseBodyCap cut: the
+	// body's size in bytes.
+	ResponsePayloadSize int64 `json:"responsePayloadSize,omitempty"`
 }
 
 // RequestContext identifies the task and why the record was sent.
@@ -121,9 +131,15 @@ func NewRecord(t *task.Task, cond Condition) Record {
 		r.ResponseContext.FunctionError = ""
 	}
 	r.RequestPayload, r.RequestPayloadEncoding = textOrBase64(t.Request.Body)
+	if n := t.Request.BodySize; n > int64(len(t.Request.Body)) {
+		r.RequestPayloadSize = n
+	}
 	if res := t.Response; res != nil {
 		r.ResponseContext.StatusCode = res.StatusCode
 		r.ResponsePayload, r.ResponsePayloadEncoding = textOrBase64(res.Body)
+		if res.BodySize > int64(len(res.Body)) {
+			r.ResponsePayloadSize = res.BodySize
+		}
 	}
 	return r
 }

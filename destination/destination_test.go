@@ -220,6 +220,27 @@ func TestNewRecord(t *testing.T) {
 		t.Errorf("failure record:\n got %s\nwant %s", got, want)
 	}
 
+	// A body kept in a blob file is left out, a response cut by the cap
+	// is partial: the sizes say so. A whole body has no size field.
+	tk.Status, tk.LastError = task.Succeeded, ""
+	tk.Request = task.Request{BodySize: 100 << 20}
+	tk.Response = &task.Response{StatusCode: 200, Body: []byte("12345678"), BodySize: 2 << 20}
+	got, err = json.Marshal(destination.NewRecord(tk, destination.Success))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = `{"version":"1.0","timestamp":"2026-11-25T20:15:29.53535891Z",` +
+		`"requestContext":{"requestId":"01M8A5JMZP442HFYP7HK6MA4SD","functionArn":"transcode","condition":"Success","approximateInvokeCount":2},` +
+		`"requestPayload":"","requestPayloadSize":104857600,` +
+		`"responseContext":{"statusCode":200},"responsePayload":"12345678","responsePayloadSize":2097152}`
+	if string(got) != want {
+		t.Errorf("record with partial payloads:\n got %s\nwant %s", got, want)
+	}
+	tk.Request, tk.Response = task.Request{Body: []byte("whole"), BodySize: 5}, &task.Response{StatusCode: 200, Body: []byte("whole"), BodySize: 5}
+	if rec := destination.NewRecord(tk, destination.Success); rec.RequestPayloadSize != 0 || rec.ResponsePayloadSize != 0 {
+		t.Errorf("record of whole payloads has sizes %d and %d; want none", rec.RequestPayloadSize, rec.ResponsePayloadSize)
+	}
+
 	// No attempt ran: no response context at all.
 	tk = &task.Task{ID: "x", Target: "t", Status: task.Stopped, FinishedAt: finished, LastError: ""}
 	rec := destination.NewRecord(tk, destination.Stopped)
