@@ -61,8 +61,12 @@ type reporting struct {
 func (rp *reporting) log() *slog.Logger {
 	rp.once.Do(func() {
 		a := rp.attempt
-		rp.logger = slog.New(&reportHandler{next: rp.base.Handler(), r: rp.r, attempt: a.Number}).
-			With("task", a.ID, "target", a.Target, "attempt", a.Number)
+		// The task's identifiers go to the application's log only: the
+		// task's own copy is shown with them already.
+		next := rp.base.Handler().WithAttrs([]slog.Attr{
+			slog.String("task", a.ID), slog.String("target", a.Target), slog.Int("attempt", a.Number),
+		})
+		rp.logger = slog.New(&reportHandler{next: next, r: rp.r, attempt: a.Number})
 	})
 	return rp.logger
 }
@@ -97,8 +101,8 @@ type reportHandler struct {
 	next    slog.Handler
 	r       Reporter
 	attempt int
-	attrs   []slog.Attr // from With, except the task's own identifiers
-	group   string
+	with    string // the attributes from With, written out in the groups open then
+	group   string // the open groups, "a.b."
 }
 
 func (h *reportHandler) Enabled(ctx context.Context, l slog.Level) bool {
@@ -108,20 +112,11 @@ func (h *reportHandler) Enabled(ctx context.Context, l slog.Level) bool {
 func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
 	var b strings.Builder
 	b.WriteString(rec.Message)
-	write := func(a slog.Attr) bool {
-		if b.Len() < MaxLogMessage {
-			b.WriteByte(' ')
-			if h.group != "" {
-				b.WriteString(h.group + ".")
-			}
-			b.WriteString(a.String())
-		}
-		return true
-	}
-	for _, a := range h.attrs {
-		write(a)
-	}
-	rec.Attrs(write)
+	b.WriteString(h.with)
+	rec.Attrs(func(a slog.Attr) bool {
+		writeAttr(&b, h.group, a)
+		return b.Len() < MaxLogMessage
+	})
 	msg := b.String()
 	if len(msg) > MaxLogMessage {
 		msg = msg[:MaxLogMessage]
@@ -133,25 +128,32 @@ func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
 	return nil
 }
 
+func writeAttr(b *strings.Builder, group string, a slog.Attr) {
+	if b.Len() < MaxLogMessage {
+		b.WriteByte(' ')
+		b.WriteString(group)
+		b.WriteString(a.String())
+	}
+}
+
 func (h *reportHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	c := *h
 	c.next = h.next.WithAttrs(attrs)
+	var b strings.Builder
+	b.WriteString(h.with)
 	for _, a := range attrs {
-		switch a.Key {
-		case "task", "target", "attempt":
-			continue // shown on the task already
-		}
-		c.attrs = append(c.attrs[:len(c.attrs):len(c.attrs)], a)
+		writeAttr(&b, h.group, a)
 	}
+	c.with = b.String()
 	return &c
 }
 
 func (h *reportHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
 	c := *h
 	c.next = h.next.WithGroup(name)
-	if c.group != "" {
-		name = c.group + "." + name
-	}
-	c.group = name
+	c.group += name + "."
 	return &c
 }

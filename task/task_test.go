@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -480,4 +481,40 @@ func ExampleList() {
 	// resize_b Enqueued
 	// resize_d Enqueued
 	// resize_e Enqueued
+}
+
+// logReporter keeps what a Logger reports.
+type logReporter struct{ logs []task.LogRecord }
+
+func (r *logReporter) Log(l task.LogRecord)        { r.logs = append(r.logs, l) }
+func (r *logReporter) SetProgress(float64, string) {}
+
+// The task's copy of a record holds what the handler logged, its own
+// attributes included whatever their names (a "target" that is an output
+// file); the application's log gets them too, under the task's
+// identifiers.
+func TestLoggerKeepsTheHandlersAttrs(t *testing.T) {
+	t.Parallel()
+	var app strings.Builder
+	base := slog.New(slog.NewTextHandler(&app, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	rep := &logReporter{}
+	ctx := task.NewContext(context.Background(), task.Attempt{ID: "01ABC", Target: "transcode", Number: 2})
+	ctx = task.WithReporter(ctx, rep, base)
+	task.Logger(ctx).With("target", "s3://out/a.mp4").WithGroup("frame").Info("saved", "attempt", "second pass")
+
+	want := "saved target=s3://out/a.mp4 frame.attempt=second pass"
+	if len(rep.logs) != 1 || rep.logs[0].Message != want || rep.logs[0].Attempt != 2 {
+		t.Errorf("task's records %+v; want one of attempt 2: %q", rep.logs, want)
+	}
+	wantApp := `level=INFO msg=saved task=01ABC target=transcode attempt=2 target=s3://out/a.mp4 frame.attempt="second pass"` + "\n"
+	if app.String() != wantApp {
+		t.Errorf("application log:\n got %q\nwant %q", app.String(), wantApp)
+	}
 }
