@@ -138,6 +138,17 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		return err
 	}
 	defer db.Close()
+	// The report counts the target's tasks in the database: an earlier
+	// run's would be counted (and run, and waited for) as this one's.
+	counts, err := task.Counts(ctx, db)
+	if err != nil {
+		return err
+	}
+	for _, c := range counts {
+		if c.Target == target && c.N > 0 {
+			return fmt.Errorf("-db %s already holds tasks of %s from an earlier run; name a new file, or leave -db out for a temporary one", dbPath, target)
+		}
+	}
 
 	// The Observer hook feeds expvar: a counter per event kind, and one per
 	// final status. It runs on the scheduler's goroutines, so it only adds.
@@ -243,7 +254,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	rep.PeakInFlight = h.peak.Load()
 	rep.EndToEnd = h.latencies()
 	rep.MaxStarts = maxInWindow(h.startTimes(), rateWindow)
-	counts, err := task.Counts(ctx, db)
+	counts, err = task.Counts(ctx, db)
 	if err != nil {
 		return err
 	}

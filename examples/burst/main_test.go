@@ -130,6 +130,31 @@ func TestBackpressure(t *testing.T) {
 	}
 }
 
+// A -db that holds an earlier run's tasks is refused before anything is
+// sent: its tasks would be counted, run and waited for as this run's.
+func TestReusedDatabaseRefused(t *testing.T) {
+	t.Parallel()
+	cfg := config{
+		addr: "127.0.0.1:0", dbPath: filepath.Join(t.TempDir(), "burst.db"),
+		requests: 10, clients: 2, concurrency: 2, rateBurst: 1, work: time.Millisecond,
+		log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var first lockedBuffer
+	if err := run(ctx, cfg, &first); err != nil {
+		t.Fatalf("first run: %v\n%s", err, first.String())
+	}
+	var second lockedBuffer
+	err := run(ctx, cfg, &second)
+	if err == nil || !strings.Contains(err.Error(), "earlier run") {
+		t.Fatalf("second run into the same -db: %v; want it refused as holding an earlier run's tasks", err)
+	}
+	if strings.Contains(second.String(), "accepted") {
+		t.Errorf("the refused run reported:\n%s", second.String())
+	}
+}
+
 // runBurst runs the example with cfg until it reports, calls during (if
 // not nil) while the server still serves, then stops it as SIGINT would.
 // It checks the printed report and returns the figures.
