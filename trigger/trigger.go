@@ -211,6 +211,18 @@ func conflicting(h http.Header, name string, same func(a, b string) bool) bool {
 	return false
 }
 
+// sent returns the value of the header name and whether the request sent
+// it at all: an async header sent empty (a client's template left blank)
+// is malformed, not absent, so that its retries are not accepted as new
+// tasks.
+func sent(h http.Header, name string) (string, bool) {
+	vs := h[name]
+	if len(vs) == 0 {
+		return "", false
+	}
+	return vs[0], true
+}
+
 func repeated(name string) string {
 	return name + " is given more than once, with different values"
 }
@@ -292,7 +304,7 @@ func (tr *Trigger) parse(h http.Header) (params, string, string) {
 			return p, c.code, repeated(c.name)
 		}
 	}
-	if v := h.Get(HeaderAsyncDelay); v != "" {
+	if v, ok := sent(h, HeaderAsyncDelay); ok {
 		secs, err := strconv.ParseUint(v, 10, 32)
 		if err != nil || time.Duration(secs)*time.Second > tr.opts.MaxDelay {
 			return p, CodeInvalidAsyncDelay, fmt.Sprintf("%s must be whole seconds from 0 to %d, not %q",
@@ -300,17 +312,19 @@ func (tr *Trigger) parse(h http.Header) (params, string, string) {
 		}
 		p.delay = time.Duration(secs) * time.Second
 	}
-	id, stateful := h.Get(HeaderAsyncTaskID), h.Get(HeaderStatefulID)
-	if id != "" && stateful != "" && id != stateful {
+	id, hasID := sent(h, HeaderAsyncTaskID)
+	stateful, hasStateful := sent(h, HeaderStatefulID)
+	if hasID && hasStateful && id != stateful {
 		return p, CodeInvalidTaskID, fmt.Sprintf("%s and %s name different tasks", HeaderAsyncTaskID, HeaderStatefulID)
 	}
-	if p.id = cmp.Or(id, stateful); p.id != "" {
+	if hasID || hasStateful {
+		p.id = cmp.Or(id, stateful)
 		if err := task.CheckCallerID(p.id); err != nil {
 			return p, CodeInvalidTaskID, err.Error()
 		}
 	}
-	if k := h.Get(HeaderIdempotencyKey); k != "" {
-		if len(k) > maxIdempotencyKeyLen || strings.IndexFunc(k, func(c rune) bool { return c < 0x21 || c > 0x7e }) >= 0 {
+	if k, ok := sent(h, HeaderIdempotencyKey); ok {
+		if k == "" || len(k) > maxIdempotencyKeyLen || strings.IndexFunc(k, func(c rune) bool { return c < 0x21 || c > 0x7e }) >= 0 {
 			return p, CodeInvalidIdempotencyKey, fmt.Sprintf("%s must be 1 to %d visible ASCII characters", HeaderIdempotencyKey, maxIdempotencyKeyLen)
 		}
 		p.idempotencyKey = k

@@ -281,6 +281,19 @@ func TestAsyncContract(t *testing.T) {
 		{name: "empty type", header: []string{trigger.HeaderInvocationType, ""},
 			wantStatus: 400, wantCode: trigger.CodeInvalidInvocationType},
 
+		// An async header sent empty is malformed, not absent: a client
+		// whose ID or key came out blank would get a new task per retry.
+		{name: "empty task ID", header: with(trigger.HeaderAsyncTaskID, ""),
+			wantStatus: 400, wantCode: trigger.CodeInvalidTaskID},
+		{name: "empty stateful ID", header: with(trigger.HeaderStatefulID, ""),
+			wantStatus: 400, wantCode: trigger.CodeInvalidTaskID},
+		{name: "empty and named ID", header: with(trigger.HeaderAsyncTaskID, "", trigger.HeaderStatefulID, "job_a"),
+			wantStatus: 400, wantCode: trigger.CodeInvalidTaskID},
+		{name: "empty delay", header: with(trigger.HeaderAsyncDelay, ""),
+			wantStatus: 400, wantCode: trigger.CodeInvalidAsyncDelay},
+		{name: "empty idempotency key", header: with(trigger.HeaderIdempotencyKey, ""),
+			wantStatus: 400, wantCode: trigger.CodeInvalidIdempotencyKey},
+
 		// A header that must have one value, repeated with different ones:
 		// 400, nothing stored (a proxy may read the other value).
 		{name: "Sync and Async on two lines", header: []string{trigger.HeaderInvocationType, "Async", trigger.HeaderInvocationType, "Sync"},
