@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +30,12 @@ type APIOptions struct {
 	// a caller that someone else's task exists). It does not replace the application's authentication,
 	// which must sit in front of the API: it adds per-action rules.
 	Authorize func(r *http.Request, action, id string) error
+	// TrustedOrigins are origins ("https://admin.example.com") from which
+	// a browser may stop and retry tasks, besides the API's own: a
+	// browser's cross-origin POST is refused with 403, so that another
+	// site cannot act with an operator's cookies. TaskAPI panics on a
+	// malformed origin.
+	TrustedOrigins []string
 }
 
 // TaskAPI returns the task HTTP API over s, to be mounted by the
@@ -80,7 +88,29 @@ func TaskAPI(s task.Store, opts *APIOptions) http.Handler {
 	handle("GET /{id}", "get", a.get)
 	handle("POST /{id}/stop", "stop", a.stop)
 	handle("POST /{id}/retry", "retry", a.retry)
+	crossOrigin := http.NewCrossOriginProtection()
+	if opts != nil {
+		for _, o := range opts.TrustedOrigins {
+			if err := crossOrigin.AddTrustedOrigin(o); err != nil {
+				panic("trigger: TaskAPI: " + err.Error())
+			}
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := crossOrigin.Check(r); err != nil {
+			writeError(w, http.StatusForbidden, CodeForbidden, "a browser's cross-origin "+r.Method+" is refused; see APIOptions.TrustedOrigins")
+			return
+		}
+		switch p := r.URL.Path; {
+		case p == "":
+			// Mounted as "/tasks" with the prefix stripped: the list.
+			r = withPath(r, "/")
+		case !routable(r.URL.EscapedPath()):
+			// The mux would redirect to the cleaned path, which has lost
+			// the prefix the API is mounted under.
+			writeError(w, http.StatusNotFound, CodeNotFound, "the task API has no "+p)
+			return
+		}
 		if _, pattern := mux.Handler(r); pattern == "" {
 			unrouted(mux, w, r)
 			return
@@ -100,6 +130,27 @@ func unrouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeError(w, http.StatusNotFound, CodeNotFound, "the task API has no "+r.URL.Path)
+}
+
+// routable reports whether ServeMux routes the escaped path p as it is,
+// without redirecting: rooted, and with no empty, "." or ".." segment.
+func routable(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return strings.HasPrefix(p, "/") && c == p
+}
+
+// withPath returns a shallow copy of r for path p, as http.StripPrefix
+// makes one.
+func withPath(r *http.Request, p string) *http.Request {
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.URL = new(url.URL)
+	*r2.URL = *r.URL
+	r2.URL.Path, r2.URL.RawPath = p, ""
+	return r2
 }
 
 // statusOnly keeps the status and headers (Allow) that a handler sets and

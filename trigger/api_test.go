@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-chi/chi/v5"
 
 	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/internal/testutil"
@@ -595,6 +598,95 @@ func TestAPIUnrouted(t *testing.T) {
 			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
 		}
 	}
+}
+
+// Mounted at "/tasks" with the prefix stripped, as chi's Mount does,
+// GET /tasks?... is the list itself, and a path ServeMux would clean is
+// not found rather than redirected out of the API (to the site's root).
+func TestAPIMountedWithoutSlash(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	id := b.accept(t, "x")
+	r := chi.NewRouter()
+	r.Mount("/tasks", http.StripPrefix("/tasks", trigger.TaskAPI(b.q, nil)))
+	srv := newTestServer(t, r)
+	noRedirect := *srv.Client()
+	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{http.MethodGet, "/tasks?status=Enqueued", http.StatusOK, ""},
+		{http.MethodGet, "/tasks", http.StatusOK, ""},
+		{http.MethodPost, "/tasks//" + id + "/stop", http.StatusNotFound, trigger.CodeNotFound},
+		{http.MethodGet, "/tasks/./" + id, http.StatusNotFound, trigger.CodeNotFound},
+	} {
+		req, err := http.NewRequest(c.method, srv.URL+c.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != c.status || (c.code != "" && !strings.Contains(string(body), `"code":"`+c.code+`"`)) {
+			t.Errorf("%s %s: %d %s (Location %q), want %d %s", c.method, c.path, res.StatusCode, body, res.Header.Get("Location"), c.status, c.code)
+		}
+		if c.status == http.StatusOK && !strings.Contains(string(body), id) {
+			t.Errorf("%s %s: %s, want the list with %s", c.method, c.path, body, id)
+		}
+	}
+	if st := b.query(t, id).Status; st != task.Enqueued {
+		t.Errorf("task is %s after the requests; want Enqueued", st)
+	}
+}
+
+// A browser's cross-origin POST (another site's form, with the operator's
+// cookies) cannot stop or retry tasks, unless its origin is trusted; the
+// same origin's, and a client that is not a browser, can.
+func TestAPICrossOrigin(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{api: &trigger.APIOptions{TrustedOrigins: []string{"https://admin.example.com"}}})
+	for _, c := range []struct {
+		name   string
+		header []string
+		status int
+	}{
+		{"cross-site form", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example", "Content-Type", "application/x-www-form-urlencoded"}, http.StatusForbidden},
+		{"same-site other origin", []string{"Sec-Fetch-Site", "same-site", "Origin", "https://other.example.com"}, http.StatusForbidden},
+		{"foreign Origin, older browser", []string{"Origin", "https://evil.example"}, http.StatusForbidden},
+		{"same origin", []string{"Sec-Fetch-Site", "same-origin"}, http.StatusOK},
+		{"trusted origin", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://admin.example.com"}, http.StatusOK},
+		{"not a browser", nil, http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			id := b.accept(t, "x")
+			req, err := http.NewRequest(http.MethodPost, b.srv.URL+taskPath+id+"/stop", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < len(c.header); i += 2 {
+				req.Header.Set(c.header[i], c.header[i+1])
+			}
+			res := b.do(t, req)
+			if res.status != c.status || (c.status == http.StatusForbidden && res.code() != trigger.CodeForbidden) {
+				t.Errorf("stop: %d %s, want %d", res.status, res.body, c.status)
+			}
+			want := map[bool]task.Status{true: task.Stopped, false: task.Enqueued}[c.status == http.StatusOK]
+			if st := b.query(t, id).Status; st != want {
+				t.Errorf("task is %s, want %s", st, want)
+			}
+		})
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("TaskAPI took a malformed trusted origin")
+		}
+	}()
+	trigger.TaskAPI(b.q, &trigger.APIOptions{TrustedOrigins: []string{"admin.example.com/path"}})
 }
 
 // nanStore shows every task with a progress JSON cannot carry.

@@ -15,7 +15,7 @@ const (
 	CodeInvalidTaskID          = "InvalidTaskId"          // 400
 	CodeInvalidIdempotencyKey  = "InvalidIdempotencyKey"  // 400
 	CodeInvalidArgument        = "InvalidArgument"        // 400: a task API parameter
-	CodeForbidden              = "Forbidden"              // 403: the task API's Authorize hook said no
+	CodeForbidden              = "Forbidden"              // 403: the task API's Authorize hook said no, or a browser's cross-origin POST
 	CodeTaskNotFound           = "TaskNotFound"           // 404
 	CodeNotFound               = "NotFound"               // 404: no task API route at that path
 	CodeMethodNotAllowed       = "MethodNotAllowed"       // 405: a task API route, another method

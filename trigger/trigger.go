@@ -57,8 +57,8 @@ var _ Enqueuer = (*invoke.Scheduler)(nil)
 // Options configures a Trigger. A nil *Options means all defaults.
 type Options struct {
 	// TaskPath is where the application mounted TaskAPI, such as
-	// "/tasks/"; a 202 then carries Location: TaskPath + id. If empty, no
-	// Location is sent.
+	// "/tasks/" ("/tasks" means the same); a 202 then carries Location:
+	// TaskPath + id. If empty, no Location is sent.
 	TaskPath string
 	// MaxBodyBytes bounds an async request's body; a larger one is answered
 	// 413 and nothing is stored. Defaults to DefaultMaxBodyBytes (64 MiB).
@@ -128,6 +128,9 @@ func New(e Enqueuer, opts *Options) *Trigger {
 	o.MaxDelay = cmp.Or(o.MaxDelay, DefaultMaxDelay)
 	o.InlineBodyLimit = cmp.Or(o.InlineBodyLimit, DefaultInlineBodyLimit)
 	o.RetryAfter = cmp.Or(o.RetryAfter, DefaultRetryAfter)
+	if o.TaskPath != "" && !strings.HasSuffix(o.TaskPath, "/") {
+		o.TaskPath += "/" // "/tasks", as mounted, still gives "/tasks/{id}"
+	}
 	o.StripHeaders = slices.Clone(o.StripHeaders)
 	for i, k := range o.StripHeaders {
 		o.StripHeaders[i] = http.CanonicalHeaderKey(k)

@@ -268,6 +268,12 @@ func TestAsyncContract(t *testing.T) {
 			wantHeader: map[string]string{"Preference-Applied": "respond-async"}},
 		{name: "no Location without TaskPath", trigger: &trigger.Options{}, header: async, wantStatus: 202, wantStored: 1,
 			wantHeader: map[string]string{"Location": ""}},
+		{name: "TaskPath without its slash", trigger: &trigger.Options{TaskPath: strings.TrimSuffix(taskPath, "/")}, header: async,
+			wantStatus: 202, wantStored: 1, check: func(t *testing.T, b *testBundle, res *result, _ string) {
+				if loc, want := res.header.Get("Location"), taskPath+res.header.Get(trigger.HeaderRequestID); loc != want {
+					t.Errorf("Location %q, want %q", loc, want)
+				}
+			}},
 
 		// Any other X-Fc-Invocation-Type: 400, nothing stored.
 		{name: "unknown type", header: []string{trigger.HeaderInvocationType, "Asynchronous"},
