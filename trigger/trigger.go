@@ -564,8 +564,9 @@ func pathValues(r *http.Request) []reqcodec.KV {
 }
 
 // wildcards returns the names of a route pattern's wildcards: ServeMux's
-// {name} and {name...}, and chi's {name} and {name:regexp}, whose regexp
-// may hold braces of its own.
+// {name} and {name...}, and chi's {name}, {name:regexp} (whose regexp
+// may hold braces of its own) and the catch-all "/*", whose value chi
+// gives as r.PathValue("*").
 func wildcards(pattern string) []string {
 	var names []string
 	depth, start := 0, 0
@@ -588,6 +589,9 @@ func wildcards(pattern string) []string {
 				}
 			}
 		}
+	}
+	if strings.HasSuffix(pattern, "/*") {
+		names = append(names, "*")
 	}
 	return names
 }

@@ -18,6 +18,9 @@ func TestWildcards(t *testing.T) {
 		{"/unclosed/{a", nil},
 		{"/stray}/{a}", []string{"a"}},
 		{"", nil},
+		{"/files/{name}/*", []string{"name", "*"}},
+		{"/*", []string{"*"}},
+		{"GET /a*", nil},
 	}
 	for _, tt := range tests {
 		if got := wildcards(tt.pattern); !slices.Equal(got, tt.want) {
