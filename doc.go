@@ -11,11 +11,13 @@
 //	defer db.Close()
 //	sched, err := invoke.New(db, nil)
 //	if err != nil { ... }
+//	tr := trigger.New(sched, &trigger.Options{TaskPath: "/tasks/"})
 //	mux := http.NewServeMux()
 //	mux.Handle("POST /videos/{name}/transcode",
-//		trigger.Async(sched, "transcode", transcodeHandler, &invoke.Policy{Concurrency: 4}))
+//		tr.Async("transcode", transcodeHandler, &invoke.Policy{Concurrency: 4}))
 //	mux.Handle("/tasks/", http.StripPrefix("/tasks", trigger.TaskAPI(db, nil)))
-//	go sched.Run(ctx)
+//	go sched.Run(context.Background())
+//	defer sched.Stop(context.Background()) // before db.Close: records running attempts
 //	// anywhere in the application:
 //	t, err := task.Query(ctx, db, id)
 //
