@@ -309,39 +309,57 @@ func corruptRequest(t *testing.T, path, id string) {
 }
 
 // A task stopped while it runs: its handler's context is cancelled with
-// cause task.ErrStopped, and it ends Stopped with no retry.
+// cause task.ErrStopped, and it ends Stopped with no retry. Stop takes a
+// generated ID in either case, and finds the running attempt either way.
 func TestStopRunningTask(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		b := setup(t, nil)
-		g := newGate()
-		b.register("work", g, &invoke.Policy{MaxRetries: 5})
-		b.start()
-		id := b.enqueue(&queue.Job{Target: "work"})
-		<-g.entered
-		tk, err := task.Stop(context.Background(), b.q, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The handler may have returned before Stop reads the task back.
-		if tk.Status != task.Stopping && tk.Status != task.Stopped {
-			t.Errorf("Stop returned a %s task; want Stopping", tk.Status)
-		}
-		if cause := <-g.causes; cause != task.ErrStopped {
-			t.Errorf("handler's context cause %v; want task.ErrStopped", cause)
-		}
-		synctest.Wait()
-		tk = b.wantStatus(id, task.Stopped, 1)
-		if !tk.ReadyAt.IsZero() || tk.FinishedAt.IsZero() {
-			t.Errorf("stopped task has ReadyAt %s, FinishedAt %s", tk.ReadyAt, tk.FinishedAt)
-		}
-		if _, err := task.Stop(context.Background(), b.q, id); !errors.Is(err, task.ErrFinished) {
-			t.Errorf("second Stop: %v; want task.ErrFinished", err)
-		}
-		if len(g.entered) != 0 {
-			t.Errorf("the stopped task ran again")
-		}
-	})
+	for _, spelling := range []struct {
+		name string
+		of   func(id string) string
+	}{
+		{"as given", func(id string) string { return id }},
+		{"in lower case", strings.ToLower},
+	} {
+		t.Run(spelling.name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				b := setup(t, nil)
+				g := newGate()
+				b.register("work", g, &invoke.Policy{MaxRetries: 5})
+				b.start()
+				id := b.enqueue(&queue.Job{Target: "work"})
+				<-g.entered
+				tk, err := task.Stop(context.Background(), b.q, spelling.of(id))
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The handler may have returned before Stop reads the task back.
+				if tk.Status != task.Stopping && tk.Status != task.Stopped {
+					t.Errorf("Stop returned a %s task; want Stopping", tk.Status)
+				}
+				synctest.Wait()
+				select {
+				case cause := <-g.causes:
+					if cause != task.ErrStopped {
+						t.Errorf("handler's context cause %v; want task.ErrStopped", cause)
+					}
+				default:
+					t.Fatalf("Stop(%q) did not cancel the running handler; the task is %s", spelling.of(id), b.task(id).Status)
+				}
+				synctest.Wait()
+				tk = b.wantStatus(id, task.Stopped, 1)
+				if !tk.ReadyAt.IsZero() || tk.FinishedAt.IsZero() {
+					t.Errorf("stopped task has ReadyAt %s, FinishedAt %s", tk.ReadyAt, tk.FinishedAt)
+				}
+				if _, err := task.Stop(context.Background(), b.q, id); !errors.Is(err, task.ErrFinished) {
+					t.Errorf("second Stop: %v; want task.ErrFinished", err)
+				}
+				if len(g.entered) != 0 {
+					t.Errorf("the stopped task ran again")
+				}
+			})
+		})
+	}
 }
 
 // A waiting task that is stopped never runs.

@@ -211,15 +211,20 @@ func taskID(key []byte, m *jobMeta) string {
 	return ulidString(key)
 }
 
-// resolve finds the key16 of a task ID, or nil.
+// resolve finds the key16 of a task ID, or nil. A generated ID may be in
+// either case; the key of a task its caller named is not one of its IDs.
 func resolve(tx *bolt.Tx, id string) []byte {
 	if task.IsGenerated(id) {
 		u, err := ulid.ParseStrict(id)
 		if err != nil {
 			return nil
 		}
-		if tx.Bucket(bTasks).Get(u[:]) == nil {
+		v := tx.Bucket(bTasks).Get(u[:])
+		if v == nil {
 			return nil
+		}
+		if m, _, err := decodeMeta(v); err == nil && m.callerID != "" {
+			return nil // a damaged record is found, and its damage reported
 		}
 		return append([]byte(nil), u[:]...)
 	}

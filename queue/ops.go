@@ -325,7 +325,9 @@ func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
 			case task.Stopping:
 				return nil
 			case task.Running:
-				w.notices = append(w.notices, Notice{Kind: StopRequested, ID: id})
+				// The ID as stored: id may be spelt otherwise (lower case), and
+				// the scheduler finds the running attempt by the stored one.
+				w.notices = append(w.notices, Notice{Kind: StopRequested, ID: taskID(key, m)})
 				return w.move(key, m, s, task.Stopping, time.Time{}, "stop requested")
 			default:
 				return w.move(key, m, s, task.Stopped, time.Time{}, "stopped on request")

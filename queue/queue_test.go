@@ -495,6 +495,33 @@ func TestClose(t *testing.T) {
 	status(t, q, id)
 }
 
+// A task its caller named has that ID only: the key it is stored under,
+// which a listing's cursor carries, does not find it (as in PostgreSQL).
+func TestCallerNamedTaskKeyIsNotAnID(t *testing.T) {
+	t.Parallel()
+	q := testutil.OpenQueue(t, &queue.Options{Logger: discard})
+	for _, id := range []string{"job_1", "job_2"} {
+		enqueue(t, q, &queue.Job{ID: id, Target: "c"})
+	}
+	page, err := task.List(ctx, q, task.Filter{Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := queue.ParseCursor(page.Next)
+	if err != nil || cur == nil || cur.Kind != queue.CursorKey {
+		t.Fatalf("cursor %q: %+v, %v; want a key cursor", page.Next, cur, err)
+	}
+	key := ulid.ULID(cur.Key).String()
+	for _, id := range []string{key, strings.ToLower(key)} {
+		if tk, err := task.Query(ctx, q, id); !errors.Is(err, task.ErrNotFound) {
+			t.Errorf("Query(%s), the key of %s: %v, %v; want ErrNotFound", id, page.Tasks[0].ID, tk, err)
+		}
+		if _, err := task.Stop(ctx, q, id); !errors.Is(err, task.ErrNotFound) {
+			t.Errorf("Stop(%s), the key of %s: %v; want ErrNotFound", id, page.Tasks[0].ID, err)
+		}
+	}
+}
+
 // TestConcurrentClose closes the queue while writers are busy: each write
 // either succeeds, and is then on disk, or fails with ErrClosed.
 func TestConcurrentClose(t *testing.T) {
