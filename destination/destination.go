@@ -219,7 +219,8 @@ func Permanent(err error) error {
 
 // RetryAfterError is a delivery error whose receiver asked to be tried
 // again After from now (an HTTP Retry-After). The scheduler waits that
-// long instead of its backoff, still within its bounded tries.
+// long instead of its backoff, at most its DeliveryBackoffMax, still
+// within its bounded tries.
 type RetryAfterError struct {
 	Err   error
 	After time.Duration

@@ -10,7 +10,6 @@ import (
 
 	"github.com/offload-go/offload/destination"
 	"github.com/offload-go/offload/internal/reqcodec"
-	"github.com/offload-go/offload/internal/retryafter"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -166,7 +165,10 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 	if d.Tries+1 < s.opts.DeliveryTries && !errors.As(err, new(*destination.PermanentError)) {
 		wait := backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1)
 		if ra := (*destination.RetryAfterError)(nil); errors.As(err, &ra) {
-			wait = min(ra.After, retryafter.Max) // the receiver's word, as a handler's Retry-After is
+			// The receiver's word, as a handler's Retry-After is, within
+			// the bound the operator set: a pending delivery keeps its task
+			// from being purged.
+			wait = min(ra.After, s.opts.DeliveryBackoffMax)
 		}
 		res.RetryAt = time.Now().Add(wait)
 	}

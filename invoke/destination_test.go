@@ -585,12 +585,13 @@ func TestDestinationPermanent(t *testing.T) {
 }
 
 // A receiver's RetryAfter sets the wait before the next try instead of
-// the backoff, shorter or longer; one far beyond any backoff is capped,
-// not overflowed into the past.
+// the backoff, shorter or longer, up to DeliveryBackoffMax: a longer one
+// (or one that would overflow) waits that long.
 func TestDestinationRetryAfter(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		b := dstSetup(t, nil, &invoke.Options{DeliveryBackoffInitial: time.Minute, DeliveryBackoffMax: time.Minute, DeliveryTries: 5})
+		const backoffMax = 3 * time.Hour
+		b := dstSetup(t, nil, &invoke.Options{DeliveryBackoffInitial: time.Minute, DeliveryBackoffMax: backoffMax, DeliveryTries: 5})
 		waits := []time.Duration{5 * time.Second, 2 * time.Hour, math.MaxInt64}
 		sink := newDstSink()
 		var calls []time.Time
@@ -604,16 +605,16 @@ func TestDestinationRetryAfter(t *testing.T) {
 		b.register("work", dstRespond(http.StatusOK, ""), &invoke.Policy{OnSuccess: sink})
 		b.run()
 		id := b.enqueue("work", "", time.Time{})
-		dstAdvance(3 * time.Hour)
-		if len(calls) != 3 {
-			t.Fatalf("destination called %d times in 3h; want 3 (5s, then 2h, then a capped wait)", len(calls))
+		dstAdvance(6 * time.Hour)
+		if len(calls) != 4 {
+			t.Fatalf("destination called %d times in 6h; want 4 (after 5s, 2h, then DeliveryBackoffMax)", len(calls))
 		}
-		for i, want := range waits[:2] {
+		for i, want := range []time.Duration{5 * time.Second, 2 * time.Hour, backoffMax} {
 			if gap := calls[i+1].Sub(calls[i]); gap != want {
-				t.Errorf("wait before try %d is %s; want the receiver's %s", i+2, gap, want)
+				t.Errorf("wait before try %d is %s; want %s", i+2, gap, want)
 			}
 		}
-		b.wantDeliveries(id, task.Delivery{Destination: task.OnSuccess, Status: task.DeliveryPending, Tries: 3, LastError: "busy, try 3"})
+		b.wantDeliveries(id, task.Delivery{Destination: task.OnSuccess, Status: task.DeliveryDelivered, Tries: 4})
 	})
 }
 
