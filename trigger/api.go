@@ -3,6 +3,7 @@ package trigger
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"path"
@@ -45,7 +46,8 @@ type APIOptions struct {
 //
 // Relative to where it is mounted it serves:
 //
-//	GET  /{id}          the task (add ?includePayload=true for the request body)
+//	GET  /{id}          the task (add ?includePayload=true for the request body,
+//	                    or requestPayloadOmitted if it is kept in a blob file)
 //	GET  /?status=&target=&prefix=&since=&until=&order=&limit=&cursor=
 //	POST /{id}/stop     stop the task
 //	POST /{id}/retry    run a Failed, Stopped, Expired or Invalid task again
@@ -174,11 +176,22 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		writeStoreError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.view(t, r.URL.Query().Get("includePayload") == "true"))
+	withPayload := false
+	if v := r.URL.Query().Get("includePayload"); v != "" {
+		if withPayload, err = strconv.ParseBool(v); err != nil {
+			writeError(w, http.StatusBadRequest, CodeInvalidArgument, "includePayload must be true or false")
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, a.view(t, withPayload))
 }
 
 func (a *api) stop(w http.ResponseWriter, r *http.Request) {
 	t, err := task.Stop(r.Context(), a.store, r.PathValue("id"))
+	if errors.Is(err, task.ErrFinished) {
+		a.conflict(w, r, CodeTaskFinished, "only an unfinished task can be stopped")
+		return
+	}
 	if err != nil {
 		writeStoreError(w, err)
 		return
@@ -188,11 +201,25 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) retry(w http.ResponseWriter, r *http.Request) {
 	t, err := task.Retry(r.Context(), a.store, r.PathValue("id"), "retried through the task API")
+	if errors.Is(err, task.ErrNotRetryable) {
+		a.conflict(w, r, CodeTaskNotRetryable, "only a Failed, Stopped, Expired or Invalid task can be retried")
+		return
+	}
 	if err != nil {
 		writeStoreError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, a.view(t, false))
+}
+
+// conflict answers 409 to a stop or retry that the task's status refuses,
+// naming the status rather than the store's error chain.
+func (a *api) conflict(w http.ResponseWriter, r *http.Request, code, rule string) {
+	msg := rule
+	if t, err := task.Query(r.Context(), a.store, r.PathValue("id")); err == nil {
+		msg = "the task is " + string(t.Status) + "; " + rule
+	}
+	writeError(w, http.StatusConflict, code, msg)
 }
 
 func (a *api) counts(w http.ResponseWriter, r *http.Request) {
@@ -243,12 +270,12 @@ func parseFilter(r *http.Request) (task.Filter, error) {
 	case "asc":
 		f.Order = task.OldestFirst
 	default:
-		return f, errors.Join(errParam, errors.New(`order must be "asc" or "desc"`))
+		return f, fmt.Errorf(`%w: order must be "asc" or "desc"`, errParam)
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > task.MaxLimit {
-			return f, errors.Join(errParam, errors.New("limit must be 1..100"))
+			return f, fmt.Errorf("%w: limit must be 1..%d", errParam, task.MaxLimit)
 		}
 		f.Limit = n
 	}
@@ -256,7 +283,7 @@ func parseFilter(r *http.Request) (task.Filter, error) {
 		if v := q.Get(name); v != "" {
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
-				return f, errors.Join(errParam, errors.New(name+" must be an RFC 3339 time"))
+				return f, fmt.Errorf("%w: %s must be an RFC 3339 time", errParam, name)
 			}
 			*dst = t
 		}
@@ -320,6 +347,9 @@ type requestView struct {
 	BodySize        int64               `json:"bodySize"`
 	Payload         string              `json:"requestPayload,omitempty"`
 	PayloadEncoding string              `json:"requestPayloadEncoding,omitempty"`
+	// PayloadOmitted says that a body asked for is not shown: it is kept
+	// in a blob file, too large for an answer.
+	PayloadOmitted bool `json:"requestPayloadOmitted,omitempty"`
 }
 
 type responseView struct {
@@ -370,6 +400,7 @@ func (a *api) view(t *task.Task, withPayload bool) taskView {
 	}
 	if withPayload {
 		v.Request.Payload, v.Request.PayloadEncoding = textOrBase64(t.Request.Body)
+		v.Request.PayloadOmitted = t.Request.BodySize > int64(len(t.Request.Body))
 	}
 	if res := t.Response; res != nil {
 		v.Response = &responseView{

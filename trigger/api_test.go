@@ -45,6 +45,7 @@ type apiTask struct {
 		BodySize        int64               `json:"bodySize"`
 		Payload         *string             `json:"requestPayload"`
 		PayloadEncoding string              `json:"requestPayloadEncoding"`
+		PayloadOmitted  bool                `json:"requestPayloadOmitted"`
 	} `json:"request"`
 	Response *struct {
 		StatusCode int `json:"statusCode"`
@@ -317,6 +318,9 @@ func TestAPIList(t *testing.T) {
 			if res.status != http.StatusBadRequest || res.code() != trigger.CodeInvalidArgument {
 				t.Errorf("status %d %s, want 400 %s", res.status, res.body, trigger.CodeInvalidArgument)
 			}
+			if msg := decode[struct{ Message string }](t, res).Message; msg == "" || strings.ContainsAny(msg, "\n") {
+				t.Errorf("message %q: want one line", msg)
+			}
 		})
 	}
 }
@@ -400,6 +404,21 @@ func TestAPIGet(t *testing.T) {
 		v = decode[apiTask](t, p.get(t, taskPath+succeeded.ID+"?includePayload=false"))
 		if v.Request.Payload != nil {
 			t.Errorf("request payload shown with includePayload=false")
+		}
+		if res := p.get(t, taskPath+succeeded.ID+"?includePayload=yes"); res.status != http.StatusBadRequest || res.code() != trigger.CodeInvalidArgument {
+			t.Errorf("includePayload=yes: %d %s, want 400 %s", res.status, res.body, trigger.CodeInvalidArgument)
+		}
+	})
+	t.Run("payload in a blob file", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, setupOpts{trigger: &trigger.Options{TaskPath: taskPath, InlineBodyLimit: 1 << 10}})
+		id := b.accept(t, strings.Repeat("x", 4<<10))
+		v := decode[apiTask](t, b.get(t, taskPath+id+"?includePayload=true"))
+		if !v.Request.PayloadOmitted || v.Request.Payload != nil || v.Request.BodySize != 4<<10 {
+			t.Errorf("request %+v: want the 4 KiB body said to be omitted, not shown empty", v.Request)
+		}
+		if v = decode[apiTask](t, b.get(t, taskPath+id)); v.Request.PayloadOmitted {
+			t.Errorf("requestPayloadOmitted without includePayload")
 		}
 	})
 	t.Run("binary payload", func(t *testing.T) {
@@ -495,6 +514,11 @@ func TestAPIStopRetry(t *testing.T) {
 		res := p.postAPI(t, st.path)
 		if res.status != st.status || res.code() != st.code {
 			t.Fatalf("%s: status %d %s, want %d %s", st.name, res.status, res.body, st.status, st.code)
+		}
+		// A refusal names the status and the rule, not the store's errors.
+		if msg := decode[struct{ Message string }](t, res).Message; st.status == http.StatusConflict &&
+			(!strings.HasPrefix(msg, "the task is ") || !strings.Contains(msg, " can be ") || strings.Contains(msg, "queue:")) {
+			t.Errorf("%s: message %q", st.name, msg)
 		}
 		if st.want != "" {
 			if v := decode[apiTask](t, res); v.Status != st.want {

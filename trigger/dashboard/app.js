@@ -675,7 +675,9 @@
     try {
       const t = await call("GET", `${encodeURIComponent(state.taskId)}?includePayload=true`);
       const req = t.request || {};
-      pre.textContent = req.requestPayloadEncoding === "base64" ? `(binary, base64)\n${req.requestPayload || ""}` : prettyBody(req.requestPayload || "", "") || "(empty)";
+      pre.textContent = req.requestPayloadOmitted ? `(not shown: ${req.bodySize} bytes, kept in a blob file)`
+        : req.requestPayloadEncoding === "base64" ? `(binary, base64)\n${req.requestPayload || ""}`
+        : prettyBody(req.requestPayload || "", "") || "(empty)";
       pre.hidden = false;
       btn.textContent = "Hide request body";
     } catch (err) {
