@@ -27,8 +27,9 @@
 // record is written once; status changes go to a small state record. A
 // per-target ready index keyed by (ready time, key) makes the next task one
 // cursor seek; a per-target status index and per-status counters serve
-// listings and queue depth without scanning. Bodies above
-// Options.InlineBodyLimit live in blob files beside the database.
+// listings and queue depth without scanning. A body its writer streams
+// to a blob (the trigger does so past its InlineBodyLimit) lives in a file
+// beside the database.
 //
 // # Encryption at rest
 //

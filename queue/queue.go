@@ -18,11 +18,10 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultLockTimeout     = 5 * time.Second
-	DefaultInlineBodyLimit = 256 << 10
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultPurgeInterval   = time.Minute
-	purgeBatch             = 500
+	DefaultLockTimeout   = 5 * time.Second
+	DefaultRetention     = 7 * 24 * time.Hour
+	DefaultPurgeInterval = time.Minute
+	purgeBatch           = 500
 )
 
 // Options configures Open. A nil *Options means all defaults.
@@ -30,9 +29,6 @@ type Options struct {
 	// LockTimeout bounds the wait for a database locked by another
 	// process. Defaults to DefaultLockTimeout.
 	LockTimeout time.Duration
-	// InlineBodyLimit is the largest body kept inside the database; larger
-	// ones go to blob files. Defaults to DefaultInlineBodyLimit.
-	InlineBodyLimit int
 	// Retention is how long finished tasks are kept before they are
 	// purged. Defaults to DefaultRetention (7 days, as in FC).
 	Retention time.Duration
@@ -95,7 +91,6 @@ func Open(path string, opts *Options) (*Queue, error) {
 		o = *opts
 	}
 	o.LockTimeout = cmp.Or(o.LockTimeout, DefaultLockTimeout)
-	o.InlineBodyLimit = cmp.Or(o.InlineBodyLimit, DefaultInlineBodyLimit)
 	o.Retention = cmp.Or(o.Retention, DefaultRetention)
 	o.PurgeInterval = cmp.Or(o.PurgeInterval, DefaultPurgeInterval)
 	if o.Logger == nil {
@@ -104,7 +99,7 @@ func Open(path string, opts *Options) (*Queue, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.LockTimeout < 0 || o.InlineBodyLimit < 0 || o.Retention < 0 || o.PurgeInterval < 0 {
+	if o.LockTimeout < 0 || o.Retention < 0 || o.PurgeInterval < 0 {
 		return nil, fmt.Errorf("queue: open %s: negative option", path)
 	}
 

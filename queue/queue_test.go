@@ -166,7 +166,7 @@ func TestOpenCreatesPrivateFiles(t *testing.T) {
 func TestOpenOptions(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for _, o := range []queue.Options{{LockTimeout: -1}, {InlineBodyLimit: -1}, {Retention: -1}, {PurgeInterval: -1}} {
+	for _, o := range []queue.Options{{LockTimeout: -1}, {Retention: -1}, {PurgeInterval: -1}} {
 		if q, err := queue.Open(filepath.Join(dir, "neg.db"), &o); err == nil {
 			q.Close()
 			t.Errorf("Open(%+v) succeeded", o)
