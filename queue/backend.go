@@ -3,7 +3,9 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/offload-go/offload/internal/reqcodec"
@@ -62,6 +64,38 @@ var ErrNoBody = errors.New("the task's body is lost")
 
 // MaxIdempotencyKeyLen bounds Job.IdempotencyKey.
 const MaxIdempotencyKeyLen = 1024
+
+// MaxReadyAt is the latest Job.ReadyAt: the last instant that nanoseconds
+// since 1970 in an int64 hold, in 2262.
+var MaxReadyAt = time.Unix(0, math.MaxInt64).UTC()
+
+// ErrInvalidJob is wrapped by Enqueue for a job that cannot be stored: no
+// request, or a ReadyAt after MaxReadyAt.
+var ErrInvalidJob = errors.New("invalid job")
+
+// CheckJob returns what makes job impossible to store, wrapping
+// task.ErrInvalidID (a bad target, ID or idempotency key) or
+// ErrInvalidJob; every backend's Enqueue calls it first.
+func CheckJob(job *Job) error {
+	if err := task.CheckTarget(job.Target); err != nil {
+		return err
+	}
+	if job.ID != "" {
+		if err := task.CheckCallerID(job.ID); err != nil {
+			return err
+		}
+	}
+	if job.Request == nil {
+		return fmt.Errorf("%w: no request", ErrInvalidJob)
+	}
+	if len(job.IdempotencyKey) > MaxIdempotencyKeyLen {
+		return fmt.Errorf("%w: idempotency key longer than %d bytes", task.ErrInvalidID, MaxIdempotencyKeyLen)
+	}
+	if job.ReadyAt.After(MaxReadyAt) {
+		return fmt.Errorf("%w: ReadyAt %s is after %s", ErrInvalidJob, job.ReadyAt.Format(time.RFC3339), MaxReadyAt.Format(time.RFC3339))
+	}
+	return nil
+}
 
 // Job is a request to store a new task.
 type Job struct {

@@ -17,19 +17,8 @@ import (
 // Enqueue implements Backend. The request is encoded on the caller's
 // goroutine; only the writes happen on the committer's.
 func (q *Queue) Enqueue(ctx context.Context, job *Job) (Receipt, error) {
-	if err := task.CheckTarget(job.Target); err != nil {
-		return Receipt{}, err
-	}
-	if job.ID != "" {
-		if err := task.CheckCallerID(job.ID); err != nil {
-			return Receipt{}, err
-		}
-	}
-	if job.Request == nil {
-		return Receipt{}, fmt.Errorf("queue: enqueue: nil request")
-	}
-	if len(job.IdempotencyKey) > MaxIdempotencyKeyLen {
-		return Receipt{}, fmt.Errorf("queue: enqueue: %w: idempotency key longer than %d bytes", task.ErrInvalidID, MaxIdempotencyKeyLen)
+	if err := CheckJob(job); err != nil {
+		return Receipt{}, fmt.Errorf("queue: enqueue: %w", err)
 	}
 	now := q.opts.Now()
 	// One allocation holds the op, its key and its meta.

@@ -20,19 +20,8 @@ import (
 // caller's goroutine; the committer writes concurrent enqueues in one
 // multi-row INSERT, in one transaction.
 func (q *Queue) Enqueue(ctx context.Context, job *queue.Job) (queue.Receipt, error) {
-	if err := task.CheckTarget(job.Target); err != nil {
-		return queue.Receipt{}, err
-	}
-	if job.ID != "" {
-		if err := task.CheckCallerID(job.ID); err != nil {
-			return queue.Receipt{}, err
-		}
-	}
-	if job.Request == nil {
-		return queue.Receipt{}, fmt.Errorf("postgres: enqueue: nil request")
-	}
-	if len(job.IdempotencyKey) > queue.MaxIdempotencyKeyLen {
-		return queue.Receipt{}, fmt.Errorf("postgres: enqueue: %w: idempotency key longer than %d bytes", task.ErrInvalidID, queue.MaxIdempotencyKeyLen)
+	if err := queue.CheckJob(job); err != nil {
+		return queue.Receipt{}, fmt.Errorf("postgres: enqueue: %w", err)
 	}
 	now := q.now()
 	o := &enqueueOp{job: job, key: task.NewULID(now), created: now, readyAt: job.ReadyAt.UTC().Truncate(time.Microsecond)}

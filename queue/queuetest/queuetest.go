@@ -334,8 +334,15 @@ func testEnqueueInvalid(t *testing.T, b queue.Backend) {
 			t.Errorf("Enqueue(target %q): err = %v, want ErrInvalidID", target, err)
 		}
 	}
-	if _, err := b.Enqueue(ctx, &queue.Job{Target: "inv"}); err == nil {
-		t.Error("Enqueue without a request succeeded")
+	if _, err := b.Enqueue(ctx, &queue.Job{Target: "inv"}); !errors.Is(err, queue.ErrInvalidJob) {
+		t.Errorf("Enqueue without a request: err = %v, want ErrInvalidJob", err)
+	}
+	// A ReadyAt past what the queue can keep is refused, not wrapped into
+	// the past (where the task would run at once).
+	for _, at := range []time.Time{queue.MaxReadyAt.Add(time.Nanosecond), time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		if _, err := b.Enqueue(ctx, &queue.Job{Target: "inv", ReadyAt: at, Request: request(0)}); !errors.Is(err, queue.ErrInvalidJob) {
+			t.Errorf("Enqueue(ReadyAt %s): err = %v, want ErrInvalidJob", at, err)
+		}
 	}
 	long := &queue.Job{Target: "inv", IdempotencyKey: strings.Repeat("k", queue.MaxIdempotencyKeyLen+1), Request: request(0)}
 	if _, err := b.Enqueue(ctx, long); !errors.Is(err, task.ErrInvalidID) {
@@ -350,6 +357,10 @@ func testEnqueueInvalid(t *testing.T, b queue.Backend) {
 	}
 	longest := strings.Repeat("k", queue.MaxIdempotencyKeyLen)
 	enqueue(t, b, &queue.Job{Target: "inv", IdempotencyKey: longest})
+	far := time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+	if tk := get(t, b, enqueue(t, b, &queue.Job{Target: "inv", ReadyAt: far})); !tk.ReadyAt.Equal(far) {
+		t.Errorf("ReadyAt %s reads back as %s", far, tk.ReadyAt)
+	}
 }
 
 func testConcurrentCallerID(t *testing.T, b queue.Backend) {
