@@ -32,9 +32,9 @@ func kindName(k byte) string {
 	return task.OnFailure
 }
 
-// maxDeliveries bounds the finished deliveries kept in a task's history;
-// pending ones are all kept.
-const maxDeliveries = 8
+// MaxDeliveryHistory bounds the settled deliveries kept in a task's
+// history; pending ones are all kept (see TrimDeliveries).
+const MaxDeliveryHistory = 8
 
 // Delivery is one pending result delivery.
 type Delivery struct {
@@ -92,16 +92,17 @@ func (w *writer) outbox(key []byte, m *jobMeta, s *state, to task.Status) error 
 	if err := putOutbox(w.tx.Bucket(bOutbox), w.now, key, kind, outboxValue(0, "")); err != nil {
 		return err
 	}
-	s.Deliveries = trimDeliveries(append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now}))
+	s.Deliveries = TrimDeliveries(append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now}))
 	w.notices = append(w.notices, Notice{Kind: DeliveryReady})
 	return nil
 }
 
-// trimDeliveries drops the oldest finished deliveries past maxDeliveries.
-// Pending ones stay, whatever their number: each has its outbox entry,
-// which FinishDelivery records on the task.
-func trimDeliveries(ds []task.Delivery) []task.Delivery {
-	for len(ds) > maxDeliveries {
+// TrimDeliveries drops the oldest settled deliveries past
+// MaxDeliveryHistory. Pending ones stay, whatever their number: each has
+// its outbox entry, which FinishDelivery records on the task. Every
+// backend trims a task's history with it.
+func TrimDeliveries(ds []task.Delivery) []task.Delivery {
+	for len(ds) > MaxDeliveryHistory {
 		i := slices.IndexFunc(ds, func(d task.Delivery) bool { return d.Status != task.DeliveryPending })
 		if i < 0 {
 			break
@@ -214,6 +215,6 @@ func (o *deliveryOp) apply(w *writer) error {
 			break
 		}
 	}
-	s.Deliveries = trimDeliveries(s.Deliveries)
+	s.Deliveries = TrimDeliveries(s.Deliveries)
 	return w.putState(key, s)
 }

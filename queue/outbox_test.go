@@ -1,7 +1,6 @@
 package queue_test
 
 import (
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -89,52 +88,6 @@ func TestConcurrentStopsAndRetriesKeepTheOutboxInStep(t *testing.T) {
 		if err := q.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := q.Check(); err != nil {
-		t.Error(err)
-	}
-}
-
-// A task's delivery history is bounded, but never by dropping a pending
-// delivery: each has its outbox entry, and the task must not be purged
-// under it.
-func TestDeliveryHistoryKeepsEveryPendingDelivery(t *testing.T) {
-	t.Parallel()
-	q, clk := clockedQueue(t)
-	q.SetDestinations("d", false, true)
-	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: clk.Now().Add(time.Hour)})
-	const stops = 12 // more than a task's history keeps
-	for i := range stops {
-		clk.Advance(time.Millisecond)
-		if _, err := q.StopTask(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-		if i < stops-1 {
-			if _, err := q.RetryTask(ctx, id, "again"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if got := len(status(t, q, id).Deliveries); got != stops {
-		t.Errorf("%d deliveries on the task; want all %d pending ones", got, stops)
-	}
-	if err := q.Check(); err != nil {
-		t.Error(err)
-	}
-	ds := pending(t, q, clk.Now())
-	for _, d := range ds[:stops-1] {
-		if err := q.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	clk.Advance(time.Hour)
-	if n, err := q.Purge(ctx); err != nil || n != 0 {
-		t.Errorf("Purge with a delivery pending = %d, %v; want nothing purged", n, err)
-	}
-	tk := status(t, q, id)
-	owed := slices.IndexFunc(tk.Deliveries, func(d task.Delivery) bool { return d.Status == task.DeliveryPending })
-	if len(tk.Deliveries) != 8 || owed < 0 {
-		t.Errorf("history %+v; want 8 deliveries, the pending one among them", tk.Deliveries)
 	}
 	if err := q.Check(); err != nil {
 		t.Error(err)

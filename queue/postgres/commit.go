@@ -592,4 +592,5 @@ func (t *txn) finishDelivery(o *deliveryOp, pre *preread) {
 			break
 		}
 	}
+	r.deliveries = queue.TrimDeliveries(r.deliveries)
 }

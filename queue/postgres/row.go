@@ -18,12 +18,9 @@ import (
 	"github.com/offload-go/offload/task"
 )
 
-// maxEvents and maxDeliveries bound a task's history as the bbolt queue
-// does: the first event and the latest ones; the latest deliveries.
-const (
-	maxEvents     = 64
-	maxDeliveries = 8
-)
+// maxEvents bounds a task's events as the bbolt queue does: the first
+// event and the latest ones.
+const maxEvents = 64
 
 func statusCode(s task.Status) int16 {
 	for i, st := range task.Statuses {
@@ -324,10 +321,7 @@ func (t *txn) outbox(r *row, to task.Status) {
 		return
 	}
 	t.outboxAdd = append(t.outboxAdd, outboxAdd{key: r.key, kind: kind, due: t.now})
-	r.deliveries = append(r.deliveries, task.Delivery{Destination: name, Status: task.DeliveryPending, UpdatedAt: t.now})
-	if len(r.deliveries) > maxDeliveries {
-		r.deliveries = r.deliveries[len(r.deliveries)-maxDeliveries:]
-	}
+	r.deliveries = queue.TrimDeliveries(append(r.deliveries, task.Delivery{Destination: name, Status: task.DeliveryPending, UpdatedAt: t.now}))
 	t.delivery = true
 }
 

@@ -64,6 +64,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Backend) {
 		{"Stop", testStop},
 		{"StopRunning", testStopRunning},
 		{"Retry", testRetry},
+		{"DeliveryHistory", testDeliveryHistory},
 		{"Invalidate", testInvalidate},
 		{"ReadyNotice", testReadyNotice},
 		{"Bodies", testBodies},
@@ -360,6 +361,41 @@ func testEnqueueInvalid(t *testing.T, b queue.Backend) {
 	far := time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
 	if tk := get(t, b, enqueue(t, b, &queue.Job{Target: "inv", ReadyAt: far})); !tk.ReadyAt.Equal(far) {
 		t.Errorf("ReadyAt %s reads back as %s", far, tk.ReadyAt)
+	}
+}
+
+// A task's delivery history keeps every pending delivery, however many
+// finishes owe one, and past MaxDeliveryHistory drops settled ones only.
+func testDeliveryHistory(t *testing.T, b queue.Backend) {
+	b.SetDestinations("hist", false, true)
+	id := enqueue(t, b, &queue.Job{Target: "hist", ReadyAt: time.Now().Add(time.Hour)})
+	stops := queue.MaxDeliveryHistory + 4
+	for i := range stops {
+		if _, err := b.StopTask(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if i < stops-1 {
+			if _, err := b.RetryTask(ctx, id, "again"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := len(get(t, b, id).Deliveries); got != stops {
+		t.Fatalf("%d deliveries on the task; want all %d pending ones", got, stops)
+	}
+	ds, _, err := b.PendingDeliveries(ctx, time.Now().Add(time.Minute), 100, func(string) bool { return false })
+	if err != nil || len(ds) != stops {
+		t.Fatalf("PendingDeliveries: %d, %v; want %d", len(ds), err, stops)
+	}
+	for _, d := range ds[:stops-1] {
+		if err := b.FinishDelivery(ctx, d, queue.DeliveryResult{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hist := get(t, b, id).Deliveries
+	pending := slices.IndexFunc(hist, func(d task.Delivery) bool { return d.Status == task.DeliveryPending })
+	if len(hist) != queue.MaxDeliveryHistory || pending < 0 {
+		t.Errorf("history %+v; want %d deliveries, the pending one among them", hist, queue.MaxDeliveryHistory)
 	}
 }
 
