@@ -9,7 +9,11 @@ import (
 	"time"
 )
 
-// Task is the observable record of one async request.
+// Task is the observable record of one async request. Its JSON encoding
+// is the Go field names' (createdAt, attempts); the task HTTP API
+// (trigger.TaskAPI) answers in Function Compute's names instead
+// (createdTime, invocationCount), so decode its answers into a type of
+// your own rather than into Task.
 type Task struct {
 	ID     string `json:"id"`
 	Target string `json:"target"`

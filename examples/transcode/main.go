@@ -674,8 +674,9 @@ func printTry(w io.Writer, base, dir string) {
 uploads and their outputs go to %[2]s
 
 Try:
-  # make a 10 s test video and a test image
+  # make a 10 s test video, a 2 min one (long enough to stop while it runs), and a test image
   ffmpeg -f lavfi -i testsrc=duration=10:size=1280x720:rate=25 -pix_fmt yuv420p clip.mp4
+  ffmpeg -f lavfi -i testsrc=duration=120:size=1280x720:rate=25 -pix_fmt yuv420p long.mp4
   ffmpeg -f lavfi -i testsrc=size=1920x1080 -frames:v 1 photo.png
 
   # upload asynchronously: 202 and the task id at once
@@ -684,7 +685,8 @@ Try:
   # watch it: status and progress (use the id from the 202, or its Location header)
   curl -s %[1]s/tasks/<id>
 
-  # stop it while it runs: ffmpeg is killed and the partial output removed
+  # stop one while it runs: ffmpeg is killed and the partial output removed
+  curl -si -X POST -H 'X-Fc-Invocation-Type: Async' --data-binary @long.mp4 %[1]s/videos/long.mp4
   curl -s -X POST %[1]s/tasks/<id>/stop
 
   # an image is scaled with golang.org/x/image/draw instead of ffmpeg

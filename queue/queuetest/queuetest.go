@@ -2,11 +2,17 @@
 // the manner of testing/slogtest: a backend's own tests call [Run] with a
 // function that opens a new, empty backend, and the suite checks the
 // [queue.Backend] contract through the interface alone, so that the bbolt
-// queue and a later PostgreSQL backend are held to the same behaviour.
+// queue, the PostgreSQL one and any other are held to the same behaviour.
+// A backend's test opens its own, for example:
 //
 //	func TestConformance(t *testing.T) {
 //		queuetest.Run(t, func(t *testing.T) queue.Backend {
-//			return testutil.OpenQueue(t, nil)
+//			b, err := mybackend.Open(testDSN(t))
+//			if err != nil {
+//				t.Fatal(err)
+//			}
+//			t.Cleanup(func() { b.Close() })
+//			return b
 //		})
 //	}
 package queuetest
