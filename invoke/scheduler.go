@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -625,7 +626,9 @@ func (s *Scheduler) start(now time.Time, gen uint64, reqs []queue.LeaseRequest, 
 func (s *Scheduler) finish(l *queue.Lease, out queue.Outcome) (task.Status, error) {
 	for try := 1; ; try++ {
 		final, err := s.q.Finish(context.Background(), l, out)
-		if err == nil || errors.Is(err, task.ErrLeaseLost) || errors.Is(err, task.ErrClosed) {
+		// A damaged record stays damaged: trying again would only hold
+		// Stop for its ShutdownTimeout.
+		if err == nil || errors.Is(err, task.ErrLeaseLost) || errors.Is(err, task.ErrClosed) || errors.Is(err, reqcodec.ErrCorrupt) {
 			return final, err
 		}
 		s.log.Warn("offload: recording an attempt failed; trying again", "id", l.ID, "try", try, "err", err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"github.com/oklog/ulid/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/internal/testutil"
 	"github.com/offload-go/offload/invoke"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
@@ -281,6 +284,56 @@ func TestCorruptRequestInvalid(t *testing.T) {
 // decoder refuses as trailing data while the record's head stays valid.
 // It knows the queue's layout: records are in bucket "tasks" under the
 // ULID's 16 bytes.
+// damagedFinish is a queue whose task records cannot be decoded when an
+// attempt is recorded.
+type damagedFinish struct {
+	queue.Backend
+	calls atomic.Int64
+}
+
+func (d *damagedFinish) Finish(ctx context.Context, l *queue.Lease, o queue.Outcome) (task.Status, error) {
+	d.calls.Add(1)
+	return "", fmt.Errorf("queue: finish %s: state: %w: unknown state record version 9", l.ID, reqcodec.ErrCorrupt)
+}
+
+// Recording an attempt whose task record is damaged is not tried again:
+// the damage does not heal, and trying every few seconds held Stop for
+// its whole ShutdownTimeout.
+func TestFinishOfADamagedRecordNotRetried(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		q := &damagedFinish{Backend: testutil.OpenQueue(t, queueOptions(t))}
+		s, err := invoke.New(q, &invoke.Options{Logger: testLogger(t), ShutdownTimeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Register("work", newProbe(answer(http.StatusOK)), nil); err != nil {
+			t.Fatal(err)
+		}
+		ran := make(chan error, 1)
+		go func() { ran <- s.Run(context.Background()) }()
+		if _, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")}); err != nil {
+			t.Fatal(err)
+		}
+		advance(time.Minute)
+		if n := q.calls.Load(); n != 1 {
+			t.Errorf("Finish called %d times in a minute; want once", n)
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("Stop waited %s", waited)
+		}
+	})
+}
+
 func corruptRequest(t *testing.T, path, id string) {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, nil)
