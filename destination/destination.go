@@ -219,8 +219,8 @@ func Permanent(err error) error {
 
 // RetryAfterError is a delivery error whose receiver asked to be tried
 // again After from now (an HTTP Retry-After). The scheduler waits that
-// long instead of its backoff, at most its DeliveryBackoffMax, still
-// within its bounded tries.
+// long if it is longer than its backoff, at most its DeliveryBackoffMax,
+// still within its bounded tries.
 type RetryAfterError struct {
 	Err   error
 	After time.Duration
@@ -229,8 +229,8 @@ type RetryAfterError struct {
 func (e *RetryAfterError) Error() string { return e.Err.Error() }
 func (e *RetryAfterError) Unwrap() error { return e.Err }
 
-// RetryAfter wraps err so that the scheduler tries the delivery again d
-// from now rather than after its backoff. RetryAfter(nil, d) is nil.
+// RetryAfter wraps err so that the scheduler tries the delivery again no
+// sooner than d from now (see RetryAfterError). RetryAfter(nil, d) is nil.
 func RetryAfter(err error, d time.Duration) error {
 	if err == nil {
 		return nil

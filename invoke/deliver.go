@@ -165,10 +165,11 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 	if d.Tries+1 < s.opts.DeliveryTries && !errors.As(err, new(*destination.PermanentError)) {
 		wait := backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1)
 		if ra := (*destination.RetryAfterError)(nil); errors.As(err, &ra) {
-			// The receiver's word, as a handler's Retry-After is, within
-			// the bound the operator set: a pending delivery keeps its task
-			// from being purged.
-			wait = min(ra.After, s.opts.DeliveryBackoffMax)
+			// The receiver's pause lengthens the wait, never shortens it
+			// (a "Retry-After: 0" would spend every try at once), and stays
+			// within the bound the operator set: a pending delivery keeps
+			// its task from being purged.
+			wait = min(max(wait, ra.After), s.opts.DeliveryBackoffMax)
 		}
 		res.RetryAt = time.Now().Add(wait)
 	}

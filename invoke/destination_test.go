@@ -584,15 +584,16 @@ func TestDestinationPermanent(t *testing.T) {
 	})
 }
 
-// A receiver's RetryAfter sets the wait before the next try instead of
-// the backoff, shorter or longer, up to DeliveryBackoffMax: a longer one
-// (or one that would overflow) waits that long.
+// A receiver's RetryAfter lengthens the wait before the next try up to
+// DeliveryBackoffMax (one beyond it, or one that would overflow, waits
+// that long), and never shortens the backoff: a "Retry-After: 0" on every
+// answer would spend all the tries at once.
 func TestDestinationRetryAfter(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		const backoffMax = 3 * time.Hour
-		b := dstSetup(t, nil, &invoke.Options{DeliveryBackoffInitial: time.Minute, DeliveryBackoffMax: backoffMax, DeliveryTries: 5})
-		waits := []time.Duration{5 * time.Second, 2 * time.Hour, math.MaxInt64}
+		const initial, backoffMax = time.Minute, 3 * time.Hour
+		b := dstSetup(t, nil, &invoke.Options{DeliveryBackoffInitial: initial, DeliveryBackoffMax: backoffMax, DeliveryTries: 5})
+		waits := []time.Duration{2 * time.Hour, math.MaxInt64, 0}
 		sink := newDstSink()
 		var calls []time.Time
 		sink.FailFunc = func(ctx context.Context, n int) error {
@@ -607,12 +608,16 @@ func TestDestinationRetryAfter(t *testing.T) {
 		id := b.enqueue("work", "", time.Time{})
 		dstAdvance(6 * time.Hour)
 		if len(calls) != 4 {
-			t.Fatalf("destination called %d times in 6h; want 4 (after 5s, 2h, then DeliveryBackoffMax)", len(calls))
+			t.Fatalf("destination called %d times in 6h; want 4", len(calls))
 		}
-		for i, want := range []time.Duration{5 * time.Second, 2 * time.Hour, backoffMax} {
+		for i, want := range []time.Duration{2 * time.Hour, backoffMax} {
 			if gap := calls[i+1].Sub(calls[i]); gap != want {
 				t.Errorf("wait before try %d is %s; want %s", i+2, gap, want)
 			}
+		}
+		// The third try's backoff, initial<<2 with ±50% jitter, not 0.
+		if gap, base := calls[3].Sub(calls[2]), initial<<2; gap < base/2 || gap > base*3/2 {
+			t.Errorf("wait before try 4, after a Retry-After of 0, is %s; want the backoff, within [%s, %s]", gap, base/2, base*3/2)
 		}
 		b.wantDeliveries(id, task.Delivery{Destination: task.OnSuccess, Status: task.DeliveryDelivered, Tries: 4})
 	})

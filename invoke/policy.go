@@ -48,7 +48,8 @@ type Policy struct {
 	MaxAge time.Duration
 	// BackoffInitial and BackoffMax shape the exponential backoff between
 	// attempts (doubling, with ±50% jitter). Default to DefaultBackoffInitial
-	// and DefaultBackoffMax. A handler's Retry-After header takes precedence.
+	// and DefaultBackoffMax. A handler's Retry-After header takes precedence
+	// (a second at least).
 	BackoffInitial time.Duration
 	BackoffMax     time.Duration
 	// Classify decides what an attempt's status code means. If nil,
@@ -145,6 +146,9 @@ func (p *Policy) withDefaults() (Policy, error) {
 	}
 	return c, nil
 }
+
+// minRetryAfter is the shortest wait a handler's Retry-After sets.
+const minRetryAfter = time.Second
 
 // backoffDelay returns the wait before try n+1 after n failed tries
 // (n >= 1): exponential from initial, capped at maxDelay, with ±50%

@@ -179,7 +179,8 @@ func TestMaxRetriesBoundary(t *testing.T) {
 }
 
 // A Retry-After header the handler sends sets the next attempt's time, in
-// delay-seconds or as an HTTP date, for retried and throttled answers.
+// delay-seconds or as an HTTP date, for retried and throttled answers; a
+// second at least, so that "0" cannot rerun a task back to back.
 func TestRetryAfter(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -190,10 +191,10 @@ func TestRetryAfter(t *testing.T) {
 	}{
 		{"seconds on 500", 500, func(time.Time) string { return "7" }, 7 * time.Second},
 		{"seconds on 503", 503, func(time.Time) string { return "120" }, 2 * time.Minute},
-		{"seconds on 429", 429, func(time.Time) string { return "0" }, 0},
+		{"zero on 429", 429, func(time.Time) string { return "0" }, time.Second}, // not back to back
 		{"date on 503", 503, func(now time.Time) string { return now.Add(90 * time.Second).UTC().Format(http.TimeFormat) }, 90 * time.Second},
 		{"date on 502", 502, func(now time.Time) string { return now.Add(time.Hour).UTC().Format(http.TimeFormat) }, time.Hour},
-		{"past date", 500, func(now time.Time) string { return now.Add(-time.Hour).UTC().Format(http.TimeFormat) }, 0},
+		{"past date", 500, func(now time.Time) string { return now.Add(-time.Hour).UTC().Format(http.TimeFormat) }, time.Second},
 		{"malformed", 500, func(time.Time) string { return "soon" }, -1},
 		{"negative", 429, func(time.Time) string { return "-5" }, -1},
 	}
