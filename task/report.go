@@ -128,12 +128,28 @@ func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
 	return nil
 }
 
+// writeAttr writes a as slog's text handler would: its value resolved
+// (a LogValuer that hides a secret stays hidden), an empty attribute or
+// group left out, a group's attributes each under its name.
 func writeAttr(b *strings.Builder, group string, a slog.Attr) {
-	if b.Len() < MaxLogMessage {
-		b.WriteByte(' ')
-		b.WriteString(group)
-		b.WriteString(a.String())
+	a.Value = a.Value.Resolve()
+	if a.Value.Kind() == slog.KindGroup {
+		if a.Key != "" {
+			group += a.Key + "."
+		}
+		for _, ga := range a.Value.Group() {
+			writeAttr(b, group, ga)
+		}
+		return
 	}
+	if a.Equal(slog.Attr{}) || b.Len() >= MaxLogMessage {
+		return
+	}
+	b.WriteByte(' ')
+	b.WriteString(group)
+	b.WriteString(a.Key)
+	b.WriteByte('=')
+	b.WriteString(a.Value.String())
 }
 
 func (h *reportHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -483,6 +483,29 @@ func ExampleList() {
 	// resize_e Enqueued
 }
 
+// secret hides itself from logs, as slog.LogValuer lets a type do.
+type secret string
+
+func (secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// The task's copy of a record is written as slog's text handler writes
+// it: values resolved (a secret that redacts itself stays redacted),
+// empty attributes and groups left out, group values flattened.
+func TestLoggerWritesAttrsAsSlogDoes(t *testing.T) {
+	t.Parallel()
+	rep := &logReporter{}
+	ctx := task.NewContext(context.Background(), task.Attempt{ID: "01ABC", Target: "t", Number: 1})
+	ctx = task.WithReporter(ctx, rep, slog.New(slog.DiscardHandler))
+	task.Logger(ctx).With(slog.Attr{}, slog.Group("empty")).Info("m",
+		"token", secret("hunter2"),
+		slog.Group("req", "method", "GET"),
+		slog.Group("", "a", 1))
+	want := "m token=REDACTED req.method=GET a=1"
+	if len(rep.logs) != 1 || rep.logs[0].Message != want {
+		t.Errorf("task's records %+v; want %q", rep.logs, want)
+	}
+}
+
 // logReporter keeps what a Logger reports.
 type logReporter struct{ logs []task.LogRecord }
 
