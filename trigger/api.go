@@ -34,8 +34,11 @@ type APIOptions struct {
 	// TrustedOrigins are origins ("https://admin.example.com") from which
 	// a browser may stop and retry tasks, besides the API's own: a
 	// browser's cross-origin POST is refused with 403, so that another
-	// site cannot act with an operator's cookies. TaskAPI panics on a
-	// malformed origin.
+	// site cannot act with an operator's cookies. Over plain HTTP a
+	// browser sends no Sec-Fetch-Site, and "the API's own" is the request's
+	// Origin matching its Host: behind a reverse proxy that rewrites Host
+	// (nginx's default), preserve it or list the public origin here.
+	// TaskAPI panics on a malformed origin.
 	TrustedOrigins []string
 }
 
@@ -189,7 +192,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 func (a *api) stop(w http.ResponseWriter, r *http.Request) {
 	t, err := task.Stop(r.Context(), a.store, r.PathValue("id"))
 	if errors.Is(err, task.ErrFinished) {
-		a.conflict(w, r, CodeTaskFinished, "only an unfinished task can be stopped")
+		a.conflict(w, r, CodeTaskFinished, "only an unfinished task can be stopped", task.Status.Terminal)
 		return
 	}
 	if err != nil {
@@ -202,7 +205,8 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request) {
 func (a *api) retry(w http.ResponseWriter, r *http.Request) {
 	t, err := task.Retry(r.Context(), a.store, r.PathValue("id"), "retried through the task API")
 	if errors.Is(err, task.ErrNotRetryable) {
-		a.conflict(w, r, CodeTaskNotRetryable, "only a Failed, Stopped, Expired or Invalid task can be retried")
+		a.conflict(w, r, CodeTaskNotRetryable, "only a Failed, Stopped, Expired or Invalid task can be retried",
+			func(s task.Status) bool { return !s.Retryable() })
 		return
 	}
 	if err != nil {
@@ -213,10 +217,11 @@ func (a *api) retry(w http.ResponseWriter, r *http.Request) {
 }
 
 // conflict answers 409 to a stop or retry that the task's status refuses,
-// naming the status rather than the store's error chain.
-func (a *api) conflict(w http.ResponseWriter, r *http.Request, code, rule string) {
+// naming the status (if it still refuses: the task may have moved on
+// since) rather than the store's error chain.
+func (a *api) conflict(w http.ResponseWriter, r *http.Request, code, rule string, refuses func(task.Status) bool) {
 	msg := rule
-	if t, err := task.Query(r.Context(), a.store, r.PathValue("id")); err == nil {
+	if t, err := task.Query(r.Context(), a.store, r.PathValue("id")); err == nil && refuses(t.Status) {
 		msg = "the task is " + string(t.Status) + "; " + rule
 	}
 	writeError(w, http.StatusConflict, code, msg)
