@@ -204,12 +204,13 @@ func after(p *Policy, l *queue.Lease, out queue.Outcome, verdict Verdict, answer
 	}
 	now := time.Now()
 	wait, ok := retryafter.Parse(answer, now)
-	if !ok {
+	if ok {
+		// "Retry-After: 0" (or a date our clock has passed) on every
+		// throttled answer would rerun the task back to back until MaxAge.
+		wait = max(wait, minRetryAfter)
+	} else {
 		wait = backoffDelay(p.BackoffInitial, p.BackoffMax, l.Attempt-l.RetryBase)
 	}
-	// "Retry-After: 0" (or a date our clock has passed) on every throttled
-	// answer would rerun the task back to back until MaxAge.
-	wait = max(wait, minRetryAfter)
 	out.ReadyAt = now.Add(wait)
 	if out.ReadyAt.Sub(l.EnqueuedAt) > p.MaxAge {
 		out.Status = task.Expired
