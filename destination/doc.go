@@ -9,7 +9,10 @@
 // the same transaction that finishes the task, and retried with backoff
 // until delivered or given up, so a crash loses none; a destination may
 // therefore see a record more than once, and can tell repeats apart by
-// RequestContext.RequestID and Condition.
+// RequestContext.RequestID and Condition. A task retried (task.Retry)
+// before its delivery went out no longer has that finish's record: the
+// delivery is settled as task.DeliverySuperseded, and the retried task's
+// own finish is delivered.
 //
 // Implement [Destination] to add a sink, and check it with
 // destinationtest.Run.

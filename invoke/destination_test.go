@@ -842,9 +842,9 @@ func dstCorrupt(t *testing.T, path, id string) {
 }
 
 // A failed task retried on request while its onFailure delivery waits
-// for another try: the failure's record is gone, so the waiting delivery
-// ends failed, saying why, rather than hand onFailure a record of the
-// task's new outcome; the new finish gets its own delivery.
+// for another try: the failure's record is gone, so the retry settles the
+// waiting delivery as superseded rather than let it hand onFailure a
+// record of the task's new outcome; the new finish gets its own delivery.
 func TestDestinationRetriedTask(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -878,8 +878,7 @@ func TestDestinationRetriedTask(t *testing.T) {
 		dstAdvance(time.Hour)
 		onFailure.none(t, "onFailure")
 		b.wantDeliveries(id,
-			task.Delivery{Destination: task.OnFailure, Status: task.DeliveryFailed, Tries: 2,
-				LastError: "task was retried before its onFailure record was delivered; it is Succeeded now"},
+			task.Delivery{Destination: task.OnFailure, Status: task.DeliverySuperseded, Tries: 1, LastError: "down"},
 			task.Delivery{Destination: task.OnSuccess, Status: task.DeliveryDelivered, Tries: 1})
 	})
 }

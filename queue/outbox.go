@@ -97,6 +97,46 @@ func (w *writer) outbox(key []byte, m *jobMeta, s *state, to task.Status) error 
 	return nil
 }
 
+// supersede settles the deliveries still pending when a retry takes the
+// task out of its terminal status; see task.DeliverySuperseded. Sending
+// them later would give their destination the next finish's record, twice.
+func (w *writer) supersede(key []byte, s *state) error {
+	pending := Supersede(s.Deliveries, w.now)
+	if pending == 0 {
+		return nil
+	}
+	// The outbox is ordered by due time, not by task: only the retry of a
+	// task whose delivery is still pending looks through it.
+	ob := w.tx.Bucket(bOutbox)
+	var stale [][]byte
+	c := ob.Cursor()
+	for k, _ := c.First(); k != nil && len(stale) < pending; k, _ = c.Next() {
+		if len(k) == 25 && bytes.Equal(k[8:24], key) {
+			stale = append(stale, bytes.Clone(k))
+		}
+	}
+	for _, k := range stale {
+		if err := ob.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Supersede marks the pending deliveries of ds superseded at now and
+// returns how many there were. Every backend settles a retried task's
+// deliveries with it.
+func Supersede(ds []task.Delivery, now time.Time) int {
+	n := 0
+	for i := range ds {
+		if d := &ds[i]; d.Status == task.DeliveryPending {
+			d.Status, d.UpdatedAt = task.DeliverySuperseded, now
+			n++
+		}
+	}
+	return n
+}
+
 // TrimDeliveries drops the oldest settled deliveries past
 // MaxDeliveryHistory. Pending ones stay, whatever their number: each has
 // its outbox entry, which FinishDelivery records on the task. Every
@@ -116,17 +156,11 @@ func outboxKey(due time.Time, key []byte, kind byte) []byte {
 	return append(timeKey(due, key), kind)
 }
 
-// putOutbox writes the outbox entry of a delivery due at due. Two finishes
-// of one task in one commit (a stop, a retry, a stop) owe two deliveries
-// with the same time: the later entry is made due a nanosecond after the
-// earlier instead of replacing it.
+// putOutbox writes the outbox entry of a delivery due at due. A task has
+// one pending delivery at most (a retry supersedes its last finish's), so
+// no other entry has its key.
 func putOutbox(ob *bolt.Bucket, due time.Time, key []byte, kind byte, value []byte) error {
-	k := outboxKey(due, key, kind)
-	for ob.Get(k) != nil {
-		due = due.Add(time.Nanosecond)
-		k = outboxKey(due, key, kind)
-	}
-	return ob.Put(k, value)
+	return ob.Put(outboxKey(due, key, kind), value)
 }
 
 func outboxValue(tries int, lastError string) []byte {

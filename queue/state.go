@@ -137,7 +137,7 @@ func decodeState(b []byte) (*state, error) {
 	for i := range s.Deliveries {
 		dl := &s.Deliveries[i]
 		dl.Destination = intern(d.Bytes(), task.OnSuccess, task.OnFailure)
-		dl.Status = intern(d.Bytes(), task.DeliveryPending, task.DeliveryDelivered, task.DeliveryFailed)
+		dl.Status = intern(d.Bytes(), task.DeliveryPending, task.DeliveryDelivered, task.DeliveryFailed, task.DeliverySuperseded)
 		dl.Tries, dl.LastError, dl.UpdatedAt = int(d.Varint()), d.String(), readTime(&d)
 	}
 

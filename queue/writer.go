@@ -220,6 +220,9 @@ func (w *writer) move(key []byte, m *jobMeta, s *state, to task.Status, readyAt 
 			return err
 		}
 		s.FinishedAt = time.Time{}
+		if err := w.supersede(key, s); err != nil {
+			return err
+		}
 	}
 	if to.Terminal() {
 		s.FinishedAt = w.now

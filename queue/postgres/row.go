@@ -250,6 +250,7 @@ type txn struct {
 
 	counts      map[countKey]int64
 	outboxAdd   []outboxAdd
+	outboxDrop  [][16]byte // tasks whose outbox entries go (see supersede)
 	outboxDone  []int64
 	outboxRetry []outboxRetry
 	notices     []queue.Notice
@@ -300,6 +301,7 @@ func (t *txn) move(r *row, to task.Status, readyAt time.Time, detail string) {
 	}
 	if from.Terminal() {
 		r.finishedAt = time.Time{}
+		t.supersede(r)
 	}
 	if to.Terminal() {
 		r.finishedAt = t.now
@@ -323,6 +325,18 @@ func (t *txn) outbox(r *row, to task.Status) {
 	t.outboxAdd = append(t.outboxAdd, outboxAdd{key: r.key, kind: kind, due: t.now})
 	r.deliveries = queue.TrimDeliveries(append(r.deliveries, task.Delivery{Destination: name, Status: task.DeliveryPending, UpdatedAt: t.now}))
 	t.delivery = true
+}
+
+// supersede settles the deliveries still pending when a retry takes r out
+// of its terminal status, as the bbolt queue does; see
+// task.DeliverySuperseded.
+func (t *txn) supersede(r *row) {
+	if queue.Supersede(r.deliveries, t.now) == 0 {
+		return
+	}
+	r.dirty = true
+	t.outboxAdd = slices.DeleteFunc(t.outboxAdd, func(o outboxAdd) bool { return o.key == r.key })
+	t.outboxDrop = append(t.outboxDrop, r.key)
 }
 
 // Notice payloads: a kind byte, the sending replica, and the task ID.
@@ -365,6 +379,9 @@ func (t *txn) write(b *pgx.Batch) error {
 			return err
 		}
 		b.Queue(t.q.sql.update, args...)
+	}
+	if len(t.outboxDrop) > 0 {
+		b.Queue(t.q.sql.outboxDrop, t.outboxDrop)
 	}
 	if len(t.outboxAdd) > 0 {
 		keys, kinds, dues := make([][16]byte, len(t.outboxAdd)), make([]string, len(t.outboxAdd)), make([]time.Time, len(t.outboxAdd))

@@ -26,6 +26,7 @@ type statements struct {
 	liveCounts            string
 	update                string
 	outboxAdd, outboxDone string
+	outboxDrop            string
 	outboxRetry           string
 	counts                string
 	notify                string
@@ -102,6 +103,7 @@ func newStatements(schema string) statements {
 		outboxAdd: s(`INSERT INTO {s}.outbox (key, kind, due_at)
 			SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])`),
 		outboxDone: s(`DELETE FROM {s}.outbox WHERE id = ANY($1::int8[])`),
+		outboxDrop: s(`DELETE FROM {s}.outbox WHERE key = ANY($1::uuid[])`),
 		outboxRetry: s(`UPDATE {s}.outbox AS o SET due_at = u.due, tries = u.tries, last_error = u.err,
 				claimed_by = NULL, claim_expires_at = NULL
 			FROM unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::text[]) AS u(id, due, tries, err)
