@@ -1,10 +1,10 @@
 package destination
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 	"unicode/utf8"
@@ -51,7 +51,10 @@ const Version = "1.0"
 //	  "requestPayload": "...",          // the request body, as text
 //	  "requestPayloadEncoding": "base64", // only when the body is not UTF-8
 //	  "requestPayloadSize": 104857600,  // only when the payload is not the whole body
-//	  "responseContext": {"statusCode": 200, "functionError": ""},
+//	  "responseContext": {              // {} when no attempt answered
+//	    "statusCode": 500,              // only when an attempt answered
+//	    "functionError": "..."          // only when the task did not succeed
+//	  },
 //	  "responsePayload": "...",         // the last response body (capped), as text
 //	  "responsePayloadEncoding": "base64",
 //	  "responsePayloadSize": 2097152    // only when the payload is not the whole body
@@ -158,9 +161,11 @@ type Func func(ctx context.Context, rec Record) error
 func (f Func) Deliver(ctx context.Context, rec Record) error { return f(ctx, rec) }
 
 // Log returns a destination that writes each record to l at Info level
-// (Warn for any condition but Success). It never fails.
+// (Warn for any condition but Success). It never fails. If l is nil, it
+// writes to slog.Default().
 func Log(l *slog.Logger) Destination {
 	return Func(func(ctx context.Context, rec Record) error {
+		l := cmp.Or(l, slog.Default())
 		level := slog.LevelInfo
 		if rec.RequestContext.Condition != Success {
 			level = slog.LevelWarn
@@ -179,30 +184,21 @@ func Log(l *slog.Logger) Destination {
 // Multi delivers to each of ds in turn and joins their errors (as
 // errors.Join); the record counts as delivered only when all succeed, so a
 // retry may repeat it to those that did. The joined error is permanent
-// only when every failure is: one part that may recover gets its retries.
+// (see IsPermanent) only when every failure is: one part that may recover
+// gets its retries.
 func Multi(ds ...Destination) Destination {
 	return Func(func(ctx context.Context, rec Record) error {
 		var errs []error
-		permanent := true
 		for _, d := range ds {
-			err := d.Deliver(ctx, rec)
-			if err != nil && !errors.As(err, new(*PermanentError)) {
-				permanent = false
-			}
-			errs = append(errs, err)
-		}
-		if !permanent {
-			for i, err := range errs {
-				if pe, ok := err.(*PermanentError); ok {
-					errs[i] = fmt.Errorf("permanent: %w", pe.Err) // no longer marks the whole
-				}
-			}
+			errs = append(errs, d.Deliver(ctx, rec))
 		}
 		return errors.Join(errs...)
 	})
 }
 
-// PermanentError marks a delivery error that retrying cannot fix.
+// PermanentError marks a delivery error that retrying cannot fix. Test
+// for it with IsPermanent, which reads an error that joins several (Multi)
+// as permanent only when each of them is.
 type PermanentError struct{ Err error }
 
 func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
@@ -236,4 +232,30 @@ func RetryAfter(err error, d time.Duration) error {
 		return nil
 	}
 	return &RetryAfterError{Err: err, After: max(d, 0)}
+}
+
+// IsPermanent reports whether retrying the delivery that returned err
+// cannot help: err wraps a *PermanentError, and where it joins several
+// errors (errors.Join, Multi, fmt.Errorf with more than one %w), every one
+// of them is permanent.
+func IsPermanent(err error) bool {
+	for err != nil {
+		switch e := err.(type) {
+		case *PermanentError:
+			return true
+		case interface{ Unwrap() []error }:
+			parts := e.Unwrap()
+			for _, p := range parts {
+				if !IsPermanent(p) {
+					return false
+				}
+			}
+			return len(parts) > 0
+		case interface{ Unwrap() error }:
+			err = e.Unwrap()
+		default:
+			return false
+		}
+	}
+	return false
 }

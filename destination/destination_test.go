@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -93,11 +94,11 @@ func TestMultiJoinsErrors(t *testing.T) {
 	if !errors.Is(err, errA) || !errors.Is(err, errC) {
 		t.Errorf("Multi error %v; want it to wrap both failures", err)
 	}
-	if errors.As(err, new(*destination.PermanentError)) {
+	if destination.IsPermanent(err) {
 		t.Errorf("Multi error %v is permanent; want a retry for the part that may recover", err)
 	}
 	err = destination.Multi(mk("b", nil), mk("c", destination.Permanent(errC))).Deliver(context.Background(), destination.Record{})
-	if !errors.As(err, new(*destination.PermanentError)) || !errors.Is(err, errC) {
+	if !destination.IsPermanent(err) || !errors.Is(err, errC) {
 		t.Errorf("Multi error %v; want it permanent when every failure is", err)
 	}
 	if want := []string{"a", "b", "c", "b", "c"}; !slices.Equal(calls, want) {
@@ -108,6 +109,33 @@ func TestMultiJoinsErrors(t *testing.T) {
 	}
 	if err := destination.Multi().Deliver(context.Background(), destination.Record{}); err != nil {
 		t.Errorf("empty Multi: %v", err)
+	}
+}
+
+// IsPermanent looks through wrapping, and reads a joined error (a Multi,
+// nested or wrapped) as permanent only when every part is.
+func TestIsPermanent(t *testing.T) {
+	t.Parallel()
+	gone, down := destination.Permanent(errors.New("410 from a")), errors.New("503 from b")
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"plain", down, false},
+		{"permanent", gone, true},
+		{"wrapped permanent", fmt.Errorf("sink a: %w", gone), true},
+		{"permanent wrapped twice", fmt.Errorf("x: %w", fmt.Errorf("y: %w", gone)), true},
+		{"joined, one transient", errors.Join(fmt.Errorf("sink a: %w", gone), down), false},
+		{"nested join, one transient", errors.Join(errors.Join(gone), down), false},
+		{"wrapped join, one transient", fmt.Errorf("multi: %w", errors.Join(gone, down)), false},
+		{"joined, all permanent", errors.Join(gone, fmt.Errorf("b: %w", errors.Join(gone))), true},
+		{"two %w, one transient", fmt.Errorf("%w; %w", gone, down), false},
+	} {
+		if got := destination.IsPermanent(c.err); got != c.want {
+			t.Errorf("%s: IsPermanent(%v) = %v; want %v", c.name, c.err, got, c.want)
+		}
 	}
 }
 
@@ -378,5 +406,15 @@ func TestTargetRequest(t *testing.T) {
 	s.SubmitFunc = func(ctx context.Context, target string, r *http.Request) (string, error) { return "", errFull }
 	if err := destination.Target(s, "second").Deliver(context.Background(), rec); !errors.Is(err, errFull) {
 		t.Errorf("Deliver = %v; want the Submit error", err)
+	}
+}
+
+// Log(nil) writes to slog.Default() rather than panic in the delivery
+// goroutine.
+func TestLogNil(t *testing.T) {
+	t.Parallel()
+	rec := destination.Record{RequestContext: destination.RequestContext{RequestID: "x", Condition: destination.Success}}
+	if err := destination.Log(nil).Deliver(context.Background(), rec); err != nil {
+		t.Errorf("Log(nil).Deliver = %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -34,6 +35,8 @@ const (
 	DefaultWebhookTimeout = 10 * time.Second
 	DefaultTolerance      = 5 * time.Minute
 	maxVerifyBody         = 16 << 20
+	// MinSecret is the shortest secret NewWebhook and Verify accept.
+	MinSecret = 16
 )
 
 // ErrSignature is wrapped by Verify for a missing, malformed, stale or
@@ -68,19 +71,21 @@ type Webhook struct {
 }
 
 // NewWebhook returns a webhook destination. The URL must be absolute
-// http or https, and the secret at least 16 bytes.
+// http or https, and the secret at least MinSecret bytes.
 func NewWebhook(rawURL string, secret []byte, opts *WebhookOptions) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("destination: webhook URL %q must be absolute http or https", rawURL)
+		// Not the URL itself: it may hold a password or a token.
+		return nil, errors.New("destination: webhook URL must be absolute http or https")
 	}
-	if len(secret) < 16 {
-		return nil, errors.New("destination: webhook secret must be at least 16 bytes")
+	if len(secret) < MinSecret {
+		return nil, fmt.Errorf("destination: webhook secret must be at least %d bytes", MinSecret)
 	}
 	var o WebhookOptions
 	if opts != nil {
 		o = *opts
 	}
+	o.Header = o.Header.Clone() // the caller may reuse its map
 	if o.Timeout < 0 {
 		return nil, errors.New("destination: negative webhook timeout")
 	}
@@ -92,6 +97,16 @@ func NewWebhook(rawURL string, secret []byte, opts *WebhookOptions) (*Webhook, e
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Webhook{url: rawURL, origin: u.Scheme + "://" + u.Host, secret: bytes.Clone(secret), client: &client, opts: o}, nil
 }
+
+// String names the webhook by its URL's scheme and host only: the rest of
+// the URL may hold a token, and the secret stays out of logs.
+func (w *Webhook) String() string { return "webhook " + w.origin }
+
+// GoString is String, for %#v.
+func (w *Webhook) GoString() string { return w.String() }
+
+// LogValue is String, for log/slog.
+func (w *Webhook) LogValue() slog.Value { return slog.StringValue(w.String()) }
 
 // Deliver implements Destination.
 func (w *Webhook) Deliver(ctx context.Context, rec Record) error {
@@ -151,8 +166,12 @@ func mac(secret []byte, ts string, body []byte) []byte {
 // Verify checks a HeaderSignature value against body: the MAC must match
 // (compared in constant time) and its time be within tolerance of now
 // (0 means DefaultTolerance). It returns an error wrapping ErrSignature
-// otherwise.
+// otherwise, and for a secret shorter than MinSecret (an unset variable
+// would otherwise accept what anyone signed with an empty key).
 func Verify(secret []byte, header string, body []byte, tolerance time.Duration, now time.Time) error {
+	if len(secret) < MinSecret {
+		return fmt.Errorf("%w: the receiver's secret is shorter than %d bytes", ErrSignature, MinSecret)
+	}
 	tolerance = cmp.Or(tolerance, DefaultTolerance)
 	var ts, sig string
 	for part := range strings.SplitSeq(header, ",") {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -159,7 +161,7 @@ func TestWebhookStatus(t *testing.T) {
 			if err != nil && !strings.Contains(err.Error(), strconv.Itoa(code)) {
 				t.Errorf("error %q does not name the status %d", err, code)
 			}
-			if errors.As(err, new(*destination.PermanentError)) {
+			if destination.IsPermanent(err) {
 				t.Errorf("answer %d is permanent: %v; the scheduler's tries bound it", code, err)
 			}
 		})
@@ -268,7 +270,7 @@ func TestWebhookUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = w.Deliver(context.Background(), destination.Record{})
-	if err == nil || errors.As(err, new(*destination.PermanentError)) {
+	if err == nil || destination.IsPermanent(err) {
 		t.Errorf("Deliver to a closed port = %v; want a retryable error", err)
 	}
 }
@@ -475,5 +477,82 @@ func TestSignFormat(t *testing.T) {
 	ts, sig, ok := strings.Cut(h, ",")
 	if !ok || ts != "t=1790000000" || !strings.HasPrefix(sig, "v1=") || len(sig) != 3+64 || strings.ToLower(sig) != sig {
 		t.Errorf("Sign = %q; want t=1790000000,v1=<64 lowercase hex>", h)
+	}
+}
+
+// A receiver whose secret is empty or short (an unset variable) refuses
+// every record, even one signed with that same secret.
+func TestVerifyRefusesShortSecret(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"version":"1.0","requestContext":{"requestId":"x","condition":"Success"}}`)
+	now := time.Now()
+	for _, key := range [][]byte{nil, {}, []byte("fifteen-bytes!!")} {
+		if err := destination.Verify(key, destination.Sign(key, now, body), body, 0, now); !errors.Is(err, destination.ErrSignature) {
+			t.Errorf("Verify with a %d-byte secret = %v; want ErrSignature", len(key), err)
+		}
+		r := httptest.NewRequest(http.MethodPost, "/hook", bytes.NewReader(body))
+		r.Header.Set(destination.HeaderSignature, destination.Sign(key, now, body))
+		if _, err := destination.VerifyRequest(r, key, 0); !errors.Is(err, destination.ErrSignature) {
+			t.Errorf("VerifyRequest with a %d-byte secret = %v; want ErrSignature", len(key), err)
+		}
+	}
+}
+
+// A webhook printed or logged shows its scheme and host only; neither its
+// URL's password or token nor its secret. NewWebhook's errors neither.
+func TestWebhookKeepsSecretsOutOfText(t *testing.T) {
+	t.Parallel()
+	const url = "https://user:hunter22@hooks.example.com/services/T0/sEcReTtOkEn"
+	w, err := destination.NewWebhook(url, secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text, js bytes.Buffer
+	slog.New(slog.NewTextHandler(&text, nil)).Info("registered", "onSuccess", w)
+	slog.New(slog.NewJSONHandler(&js, nil)).Info("registered", "onSuccess", w)
+	outs := []string{text.String(), js.String(), fmt.Sprint(w), fmt.Sprintf("%+v", w), fmt.Sprintf("%#v", w)}
+	if _, err := destination.NewWebhook(strings.Replace(url, "https", "htps", 1), secret, nil); err == nil {
+		t.Fatal("NewWebhook accepted an htps URL")
+	} else {
+		outs = append(outs, err.Error())
+	}
+	for _, out := range outs {
+		if strings.Contains(out, "hunter22") || strings.Contains(out, "sEcReTtOkEn") || strings.Contains(out, string(secret)) ||
+			strings.Contains(out, fmt.Sprint(secret)) {
+			t.Errorf("text leaks the URL's password or token, or the secret: %s", out)
+		}
+	}
+	if got := fmt.Sprint(w); got != "webhook https://hooks.example.com" {
+		t.Errorf("webhook prints as %q", got)
+	}
+}
+
+// NewWebhook copies WebhookOptions.Header: the caller changing its map
+// afterwards (while deliveries run) changes nothing sent.
+func TestWebhookCopiesHeader(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var got []string
+	rv := newReceiver(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get("X-Tenant"))
+		mu.Unlock()
+	})
+	h := http.Header{"X-Tenant": {"a"}}
+	w := rv.webhook(t, &destination.WebhookOptions{Header: h})
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = w.Deliver(context.Background(), destination.Record{}) })
+	h.Set("X-Tenant", "b")
+	h.Set("X-Other", "c")
+	wg.Wait()
+	if err := w.Deliver(context.Background(), destination.Record{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range got {
+		if v != "a" {
+			t.Errorf("webhook sent X-Tenant %q after the caller changed its map; want the copy's \"a\"", v)
+		}
 	}
 }

@@ -156,13 +156,16 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 			// destination a record of another outcome.
 			return queue.DeliveryResult{Error: fmt.Sprintf("task was retried before its %s record was delivered; it is %s now", d.Destination, tk.Status)}
 		}
-		err = dest.Deliver(s.sendCtx, destination.NewRecord(tk, cond))
+		rec := destination.NewRecord(tk, cond)
+		if p := catch("destination", func() { err = dest.Deliver(s.sendCtx, rec) }); p != "" {
+			err = errors.New(p)
+		}
 		if err == nil {
 			return queue.DeliveryResult{}
 		}
 	}
 	res := queue.DeliveryResult{Error: err.Error()}
-	if d.Tries+1 < s.opts.DeliveryTries && !errors.As(err, new(*destination.PermanentError)) {
+	if d.Tries+1 < s.opts.DeliveryTries && !destination.IsPermanent(err) {
 		wait := backoffDelay(s.opts.DeliveryBackoffInitial, s.opts.DeliveryBackoffMax, d.Tries+1)
 		if ra := (*destination.RetryAfterError)(nil); errors.As(err, &ra) {
 			// The receiver's pause lengthens the wait, never shortens it

@@ -841,6 +841,37 @@ func dstCorrupt(t *testing.T, path, id string) {
 	}
 }
 
+// A destination that panics (an application bug) fails that delivery
+// try, with the panic and its stack as the error; the process goes on, and
+// the delivery is tried again as after any failure.
+func TestDestinationPanicIsAFailedTry(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := dstSetup(t, nil, &invoke.Options{DeliveryTries: 2, DeliveryBackoffInitial: time.Minute, DeliveryBackoffMax: time.Minute})
+		var calls atomic.Int32
+		b.register("work", dstRespond(http.StatusOK, "ok"), &invoke.Policy{
+			OnSuccess: destination.Func(func(context.Context, destination.Record) error {
+				calls.Add(1)
+				var seen map[string]bool
+				seen["x"] = true
+				return nil
+			}),
+		})
+		b.run()
+		id := b.enqueue("work", "", time.Time{})
+		dstAdvance(time.Hour)
+		if n := calls.Load(); n != 2 {
+			t.Errorf("destination called %d times; want both tries", n)
+		}
+		ds := b.task(id).Deliveries
+		if len(ds) != 1 || ds[0].Status != task.DeliveryFailed || ds[0].Tries != 2 ||
+			!strings.HasPrefix(ds[0].LastError, "destination panicked: assignment to entry in nil map") ||
+			!strings.Contains(ds[0].LastError, "TestDestinationPanicIsAFailedTry") {
+			t.Errorf("deliveries %+v; want one failed after 2 tries, the panic and its stack as the error", ds)
+		}
+	})
+}
+
 // A failed task retried on request while its onFailure delivery waits
 // for another try: the failure's record is gone, so the retry settles the
 // waiting delivery as superseded rather than let it hand onFailure a

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offload-go/offload/internal/clip"
 	"github.com/offload-go/offload/internal/retryafter"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
@@ -23,7 +24,8 @@ const (
 	HeaderRetryCount = "X-Fc-Retry-Count"
 )
 
-// maxStack bounds the stack trace kept from a panicking handler.
+// maxStack bounds the stack trace kept from a panicking handler or
+// destination.
 const maxStack = 4 << 10
 
 // run replays one attempt and decides what follows it.
@@ -73,16 +75,19 @@ func (s *Scheduler) run(ctx context.Context, t *target, l *queue.Lease) queue.Ou
 
 // serve runs the handler, turning a panic into its message and stack.
 func serve(h http.Handler, w http.ResponseWriter, r *http.Request) (panicked string) {
+	return catch("handler", func() { h.ServeHTTP(w, r) })
+}
+
+// catch runs f and returns "<what> panicked: <value>" and the stack if it
+// panics, "" otherwise: application code (a handler, a destination) must
+// not take the process down, nor again at every restart.
+func catch(what string, f func()) (panicked string) {
 	defer func() {
 		if v := recover(); v != nil {
-			stack := debug.Stack()
-			if len(stack) > maxStack {
-				stack = stack[:maxStack]
-			}
-			panicked = fmt.Sprintf("handler panicked: %v\n%s", v, stack)
+			panicked = fmt.Sprintf("%s panicked: %v\n%s", what, v, clip.Prefix(string(debug.Stack()), maxStack))
 		}
 	}()
-	h.ServeHTTP(w, r)
+	f()
 	return ""
 }
 

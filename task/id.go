@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/offload-go/offload/internal/clip"
 )
 
 // MaxIDLen is the longest caller-chosen ID.
@@ -52,7 +54,7 @@ func CheckID(id string) error {
 // CheckCallerID is like [CheckID] but accepts only the caller-chosen form.
 func CheckCallerID(id string) error {
 	if problem := callerIDProblem(id); problem != "" {
-		return fmt.Errorf("%w: %q: %s", ErrInvalidID, truncate(id, 40), problem)
+		return fmt.Errorf("%w: %q: %s", ErrInvalidID, clip.Ellipsis(id, 40), problem)
 	}
 	return nil
 }
@@ -77,13 +79,6 @@ func callerIDProblem(id string) string {
 	return ""
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}
-
 // CheckTarget returns nil if name can name a target: 1 to 128 bytes of
 // letters, digits and `_ . : -`. It wraps [ErrInvalidID] otherwise.
 func CheckTarget(name string) error {
@@ -94,7 +89,7 @@ func CheckTarget(name string) error {
 		switch c := name[i]; {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.', c == ':', c == '-':
 		default:
-			return fmt.Errorf("%w: target %q: only letters, digits and _ . : - are allowed", ErrInvalidID, truncate(name, 40))
+			return fmt.Errorf("%w: target %q: only letters, digits and _ . : - are allowed", ErrInvalidID, clip.Ellipsis(name, 40))
 		}
 	}
 	return nil

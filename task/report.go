@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/offload-go/offload/internal/clip"
 )
 
 // Progress is what a running task last reported of its progress.
@@ -105,11 +107,26 @@ type reportHandler struct {
 	group   string // the open groups, "a.b."
 }
 
+// Enabled: the task keeps Debug and above, whatever the application's
+// handler wants; a level of the application's own below Debug (a trace)
+// goes to its handler alone, as in a sync call.
 func (h *reportHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelDebug
+	return l >= slog.LevelDebug || h.next.Enabled(ctx, l)
 }
 
 func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelDebug {
+		h.r.Log(LogRecord{Time: rec.Time, Level: rec.Level.String(), Message: h.text(rec), Attempt: h.attempt})
+	}
+	if h.next.Enabled(ctx, rec.Level) {
+		return h.next.Handle(ctx, rec)
+	}
+	return nil
+}
+
+// text is rec as the task keeps it: the message and attributes, at most
+// MaxLogMessage bytes.
+func (h *reportHandler) text(rec slog.Record) string {
 	var b strings.Builder
 	b.WriteString(rec.Message)
 	b.WriteString(h.with)
@@ -117,15 +134,7 @@ func (h *reportHandler) Handle(ctx context.Context, rec slog.Record) error {
 		writeAttr(&b, h.group, a)
 		return b.Len() < MaxLogMessage
 	})
-	msg := b.String()
-	if len(msg) > MaxLogMessage {
-		msg = msg[:MaxLogMessage]
-	}
-	h.r.Log(LogRecord{Time: rec.Time, Level: rec.Level.String(), Message: msg, Attempt: h.attempt})
-	if h.next.Enabled(ctx, rec.Level) {
-		return h.next.Handle(ctx, rec)
-	}
-	return nil
+	return clip.Prefix(b.String(), MaxLogMessage)
 }
 
 // writeAttr writes a as slog's text handler would: its value resolved

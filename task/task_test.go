@@ -15,6 +15,7 @@ import (
 	"testing"
 	"testing/quick"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/goleak"
 
@@ -539,5 +540,39 @@ func TestLoggerKeepsTheHandlersAttrs(t *testing.T) {
 	wantApp := `level=INFO msg=saved task=01ABC target=transcode attempt=2 target=s3://out/a.mp4 frame.attempt="second pass"` + "\n"
 	if app.String() != wantApp {
 		t.Errorf("application log:\n got %q\nwant %q", app.String(), wantApp)
+	}
+}
+
+// A level of the application's own below Debug (a trace) that its handler
+// enables reaches that handler during a replay as in a sync call; the
+// task keeps Debug and above only, whatever the handler's level.
+func TestLoggerLevels(t *testing.T) {
+	t.Parallel()
+	const levelTrace = slog.Level(-8)
+	var app strings.Builder
+	base := slog.New(slog.NewTextHandler(&app, &slog.HandlerOptions{Level: levelTrace}))
+	rep := &logReporter{}
+	ctx := task.NewContext(context.Background(), task.Attempt{ID: "01ABC", Target: "t", Number: 1})
+	ctx = task.WithReporter(ctx, rep, base)
+	task.Logger(ctx).Log(ctx, levelTrace, "trace detail")
+	task.Logger(ctx).Debug("debug detail")
+	if !strings.Contains(app.String(), "trace detail") || !strings.Contains(app.String(), "debug detail") {
+		t.Errorf("application log %q; want both records", app.String())
+	}
+	if len(rep.logs) != 1 || rep.logs[0].Message != "debug detail" {
+		t.Errorf("task's records %+v; want the Debug one only", rep.logs)
+	}
+}
+
+// A record longer than MaxLogMessage is kept cut at a rune boundary: the
+// task's copy stays valid UTF-8.
+func TestLoggerCutsAtARune(t *testing.T) {
+	t.Parallel()
+	rep := &logReporter{}
+	ctx := task.WithReporter(context.Background(), rep, slog.New(slog.DiscardHandler))
+	task.Logger(ctx).Info(strings.Repeat("a", task.MaxLogMessage-1) + "é and more")
+	if len(rep.logs) != 1 || !utf8.ValidString(rep.logs[0].Message) || len(rep.logs[0].Message) != task.MaxLogMessage-1 {
+		t.Errorf("kept message of %d bytes, valid UTF-8 %v; want the %d bytes before the é",
+			len(rep.logs[0].Message), utf8.ValidString(rep.logs[0].Message), task.MaxLogMessage-1)
 	}
 }

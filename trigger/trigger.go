@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/offload-go/offload/internal/clip"
 	"github.com/offload-go/offload/internal/reqcodec"
 	"github.com/offload-go/offload/invoke"
 	"github.com/offload-go/offload/queue"
@@ -195,7 +196,7 @@ func classify(w http.ResponseWriter, r *http.Request) (async, preferred, ok bool
 		return true, prefersAsync(r.Header.Values("Prefer")), true
 	default:
 		writeError(w, http.StatusBadRequest, CodeInvalidInvocationType,
-			fmt.Sprintf("%s must be Sync or Async, not %q", HeaderInvocationType, truncate(v, 40)))
+			fmt.Sprintf("%s must be Sync or Async, not %q", HeaderInvocationType, clip.Ellipsis(v, 40)))
 		return false, false, false
 	}
 }
@@ -311,7 +312,7 @@ func (tr *Trigger) parse(h http.Header) (params, string, string) {
 		secs, err := strconv.ParseUint(v, 10, 32)
 		if err != nil || time.Duration(secs)*time.Second > tr.opts.MaxDelay {
 			return p, CodeInvalidAsyncDelay, fmt.Sprintf("%s must be whole seconds from 0 to %d, not %q",
-				HeaderAsyncDelay, int(tr.opts.MaxDelay/time.Second), truncate(v, 40))
+				HeaderAsyncDelay, int(tr.opts.MaxDelay/time.Second), clip.Ellipsis(v, 40))
 		}
 		p.delay = time.Duration(secs) * time.Second
 	}
@@ -609,11 +610,4 @@ func (tr *Trigger) storedHeader(h http.Header) http.Header {
 		}
 	}
 	return h
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
