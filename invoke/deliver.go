@@ -185,7 +185,11 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 // MaxSubmitBody bytes). An Idempotency-Key header makes a repeated Submit
 // of the same request return the first task's ID. Submit implements
 // destination.Submitter, and lets application code start async work
-// without an HTTP round trip.
+// without an HTTP round trip. Errors that trying again cannot fix (an
+// unknown target, a body over MaxSubmitBody, an idempotency key that is
+// malformed or was used with another request) are marked
+// destination.Permanent, so that a destination.Target delivery gives up
+// at once; errors.Is still finds their sentinels.
 func (s *Scheduler) Submit(ctx context.Context, target string, r *http.Request) (string, error) {
 	uri := r.URL.RequestURI()
 	req := &reqcodec.Request{
@@ -199,7 +203,7 @@ func (s *Scheduler) Submit(ctx context.Context, target string, r *http.Request) 
 			return "", fmt.Errorf("invoke: submit to %s: read body: %w", target, err)
 		}
 		if len(body) > MaxSubmitBody {
-			return "", fmt.Errorf("invoke: submit to %s: body over %d bytes", target, MaxSubmitBody)
+			return "", destination.Permanent(fmt.Errorf("invoke: submit to %s: body over %d bytes", target, MaxSubmitBody))
 		}
 		req.Body, req.BodySize = body, int64(len(body))
 	}
@@ -209,6 +213,9 @@ func (s *Scheduler) Submit(ctx context.Context, target string, r *http.Request) 
 		h.Sum(job.Fingerprint[:0])
 	}
 	rc, err := s.Enqueue(ctx, job)
+	if errors.Is(err, ErrUnknownTarget) || errors.Is(err, task.ErrInvalidID) || errors.Is(err, task.ErrIdempotencyMismatch) {
+		return "", destination.Permanent(err)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -788,18 +788,21 @@ func TestDestinationSubmit(t *testing.T) {
 		if again, err := submit("work", "k1", "payload"); err != nil || again != id {
 			t.Errorf("Submit with the same Idempotency-Key = %s, %v; want %s", again, err, id)
 		}
-		if _, err := submit("work", "k1", "other"); !errors.Is(err, task.ErrIdempotencyMismatch) {
-			t.Errorf("Submit reusing a key with another body = %v; want ErrIdempotencyMismatch", err)
+		if _, err := submit("work", "k1", "other"); !errors.Is(err, task.ErrIdempotencyMismatch) || !destination.IsPermanent(err) {
+			t.Errorf("Submit reusing a key with another body = %v; want ErrIdempotencyMismatch, permanent", err)
 		}
 		if other, err := submit("work", "", "payload"); err != nil || other == id {
 			t.Errorf("Submit without a key = %s, %v; want a new task", other, err)
 		}
-		if _, err := submit("nope", "", ""); !errors.Is(err, invoke.ErrUnknownTarget) {
-			t.Errorf("Submit to an unknown target = %v; want ErrUnknownTarget", err)
+		if _, err := submit("nope", "", ""); !errors.Is(err, invoke.ErrUnknownTarget) || !destination.IsPermanent(err) {
+			t.Errorf("Submit to an unknown target = %v; want ErrUnknownTarget, permanent", err)
+		}
+		if _, err := submit("work", strings.Repeat("k", queue.MaxIdempotencyKeyLen+1), ""); !errors.Is(err, task.ErrInvalidID) || !destination.IsPermanent(err) {
+			t.Errorf("Submit with an overlong Idempotency-Key = %v; want ErrInvalidID, permanent", err)
 		}
 		r, _ := http.NewRequest(http.MethodPost, "/", io.LimitReader(dstZeros{}, invoke.MaxSubmitBody+1))
-		if _, err := b.sched.Submit(context.Background(), "work", r); err == nil {
-			t.Error("Submit of a body over MaxSubmitBody succeeded")
+		if _, err := b.sched.Submit(context.Background(), "work", r); !destination.IsPermanent(err) {
+			t.Errorf("Submit of a body over MaxSubmitBody = %v; want a permanent error", err)
 		}
 		synctest.Wait()
 	})
