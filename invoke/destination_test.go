@@ -844,6 +844,29 @@ func dstCorrupt(t *testing.T, path, id string) {
 	}
 }
 
+// An attempt that times out before its handler writes a status records no
+// status (not net/http's implied 200), and its failure is
+// RetriesExhausted, not the NonRetryableError a Classify of 0 would say.
+func TestDestinationTimedOutAttempt(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		b := dstSetup(t, nil, nil)
+		onFailure := newDstSink()
+		b.register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }),
+			&invoke.Policy{Timeout: time.Second, MaxRetries: invoke.NoRetries, OnFailure: onFailure})
+		b.run()
+		id := b.enqueue("work", "", time.Time{})
+		rec := onFailure.next(t, time.Minute)
+		if rec.RequestContext.Condition != destination.RetriesExhausted || rec.ResponseContext.StatusCode != 0 ||
+			!strings.HasPrefix(rec.ResponseContext.FunctionError, "attempt timed out after 1s") {
+			t.Errorf("record %+v %+v; want RetriesExhausted, no status, the timeout", rec.RequestContext, rec.ResponseContext)
+		}
+		if res := b.task(id).Response; res == nil || res.StatusCode != 0 {
+			t.Errorf("task's response %+v; want one without a status", res)
+		}
+	})
+}
+
 // A destination that panics (an application bug) fails that delivery
 // try, with the panic and its stack as the error; the process goes on, and
 // the delivery is tried again as after any failure.

@@ -87,7 +87,7 @@ const (
 // policy's Classify failed its last answer at once or its retries ran out;
 // destination.ConditionOf can only assume DefaultClassify.
 func (c *Policy) failedCondition(t *task.Task) destination.Condition {
-	if t.Response != nil && c.Classify(t.Response.StatusCode) == Fail {
+	if t.Response != nil && t.Response.StatusCode != 0 && c.Classify(t.Response.StatusCode) == Fail {
 		return destination.NonRetryableError
 	}
 	return destination.RetriesExhausted

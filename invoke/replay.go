@@ -152,6 +152,9 @@ func replayHeader(stored http.Header, id, retries string) http.Header {
 func (s *Scheduler) decide(t *target, l *queue.Lease, rec *recorder, panicked string, cause error, took time.Duration) queue.Outcome {
 	p := &t.policy
 	out := queue.Outcome{Response: rec.response()}
+	if cause != nil && !rec.wroteHeader {
+		out.Response.StatusCode = 0 // cut short before it answered: no status, not net/http's implied 200
+	}
 	code := rec.statusCode()
 	var verdict Verdict
 	switch {

@@ -104,6 +104,8 @@ type Request struct {
 
 // Response is what the latest finished attempt answered. Body holds at most
 // the scheduler's response cap; BodySize counts every byte written.
+// StatusCode is 0 when the attempt was cut short (a timeout, a stop) before
+// its handler wrote a status.
 type Response struct {
 	StatusCode int         `json:"statusCode"`
 	Header     http.Header `json:"header,omitempty"`

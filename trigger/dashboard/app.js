@@ -602,7 +602,9 @@
     $("d-res-headers").closest("table").hidden = !res;
     if (res) {
       kv($("d-response"), [
-        ["Status code", h("span", { class: res.statusCode >= 400 ? "mono error-text" : "mono" }, String(res.statusCode))],
+        ["Status code", res.statusCode
+          ? h("span", { class: res.statusCode >= 400 ? "mono error-text" : "mono" }, String(res.statusCode))
+          : "none: the attempt was cut short before it answered"],
         ["Body size", `${fmtBytes(res.bodySize || 0)}${res.truncated ? " (truncated: only the start was kept)" : ""}`],
         ["Encoding", t.returnPayloadEncoding === "base64" ? "binary, shown as base64" : ""],
       ]);
