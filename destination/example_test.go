@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"time"
 
 	"github.com/offload-go/offload/destination"
@@ -71,4 +75,48 @@ func ExampleSign() {
 	// <nil>
 	// true destination: bad webhook signature: signature does not match
 	// true destination: bad webhook signature: timestamp outside the 5m0s tolerance
+}
+
+// A webhook destination and the receiving end: the receiver checks each
+// POST's signature with VerifyRequest before it trusts the record.
+func ExampleNewWebhook() {
+	secret := []byte("a shared secret, 16+ bytes") // both sides read it from their secret store
+
+	// The receiving service (here in the same process, for the example).
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec, err := destination.VerifyRequest(r, secret, 0)
+		if err != nil {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		fmt.Printf("received %s of task %s\n", rec.RequestContext.Condition, rec.RequestContext.RequestID)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer receiver.Close()
+
+	// The sending side: set hook as invoke.Policy.OnSuccess (or
+	// OnFailure, or both with Multi); the scheduler calls Deliver.
+	hook, err := destination.NewWebhook(receiver.URL+"/hooks/transcoded", secret, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	rec := destination.Record{
+		Version:        destination.Version,
+		RequestContext: destination.RequestContext{RequestID: "01M8A5JMZP442HFYP7HK6MA4SD", FunctionArn: "transcode", Condition: destination.Success},
+	}
+	fmt.Println("delivered:", hook.Deliver(context.Background(), rec) == nil)
+
+	// A sender with another secret is refused, and Deliver says so.
+	forger, _ := destination.NewWebhook(receiver.URL+"/hooks/transcoded", []byte("not the shared secret"), nil)
+	err = forger.Deliver(context.Background(), rec)
+	fmt.Println("forged one refused:", strings.HasSuffix(err.Error(), "answered 401 Unauthorized"))
+
+	// A webhook is safe to log: a token in its URL and the secret stay out.
+	slack, _ := destination.NewWebhook("https://hooks.slack.com/services/T0/B0/XXXXSECRET", secret, nil)
+	fmt.Println(slack)
+	// Output:
+	// received Success of task 01M8A5JMZP442HFYP7HK6MA4SD
+	// delivered: true
+	// forged one refused: true
+	// webhook https://hooks.slack.com
 }

@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/offload-go/offload/internal/reqcodec"
+	"github.com/offload-go/offload/invoke"
 	"github.com/offload-go/offload/queue"
 	"github.com/offload-go/offload/task"
 )
@@ -575,4 +577,70 @@ func TestLoggerCutsAtARune(t *testing.T) {
 		t.Errorf("kept message of %d bytes, valid UTF-8 %v; want the %d bytes before the é",
 			len(rep.logs[0].Message), utf8.ValidString(rep.logs[0].Message), task.MaxLogMessage-1)
 	}
+}
+
+// A handler reports how far it got and logs what it did: both are kept
+// with the task (Query shows them while it runs and after), and the logs
+// also go to the application's logger.
+func ExampleSetProgress() {
+	dir, err := os.MkdirTemp("", "offload-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	quiet := slog.New(slog.DiscardHandler)
+	db, err := queue.Open(filepath.Join(dir, "offload.db"), &queue.Options{Logger: quiet})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	finished := make(chan struct{})
+	sched, err := invoke.New(db, &invoke.Options{Logger: quiet, Observer: func(e invoke.Event) {
+		if e.Kind == invoke.EventFinished {
+			close(finished)
+		}
+	}})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	report := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		regions := []string{"north", "south"}
+		for i, region := range regions {
+			// ... the slow work for one region ...
+			task.Logger(ctx).Info("summed", "region", region)
+			task.SetProgress(ctx, float64(i+1)/float64(len(regions))*100, "summed "+region)
+		}
+		fmt.Fprintln(w, "report ready")
+	})
+	if err := sched.Register("reports", report, nil); err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error)
+	go func() { stopped <- sched.Run(ctx) }()
+
+	id, err := sched.Submit(ctx, "reports", httptest.NewRequest(http.MethodPost, "/reports/2030-q1", nil))
+	if err != nil {
+		log.Fatal(err)
+	}
+	<-finished
+	cancel()
+	if err := <-stopped; err != nil {
+		log.Fatal(err)
+	}
+
+	t, err := task.Query(context.Background(), db, id)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(t.Status, t.Progress.Percent, t.Progress.Message)
+	for _, l := range t.Logs {
+		fmt.Println(l.Level, l.Message)
+	}
+	// Output:
+	// Succeeded 100 summed south
+	// INFO summed region=north
+	// INFO summed region=south
 }
