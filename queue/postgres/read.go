@@ -212,6 +212,11 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 		l.hi = msKey(uint64(ms))
 	}
 	byCaller := f.IDPrefix != "" && !(f.IDPrefix[0] >= '0' && f.IDPrefix[0] <= '9')
+	// No task has such a target, and no caller ID such a prefix (the form
+	// is prefix-closed): PostgreSQL would refuse what is not UTF-8 text.
+	if (f.Target != "" && task.CheckTarget(f.Target) != nil) || (byCaller && task.CheckCallerID(f.IDPrefix) != nil) {
+		return empty, nil
+	}
 	if f.IDPrefix != "" && !byCaller {
 		f.IDPrefix = strings.ToUpper(f.IDPrefix) // generated IDs are upper case; Query takes either
 		l.f.IDPrefix = f.IDPrefix
@@ -233,6 +238,9 @@ func (q *Queue) ListTasks(ctx context.Context, f task.Filter) (*task.Page, error
 		case byCaller != (cur.Kind == queue.CursorCallerID):
 			return nil, fmt.Errorf("%w: cursor from another listing", task.ErrInvalidFilter)
 		case byCaller:
+			if task.CheckCallerID(string(cur.Key)) != nil {
+				return nil, fmt.Errorf("%w: cursor names no caller ID", task.ErrInvalidFilter)
+			}
 			l.afterID = string(cur.Key)
 		case desc:
 			if l.hi == nil || bytes.Compare(cur.Key, l.hi) < 0 {

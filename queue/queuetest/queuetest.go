@@ -71,6 +71,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Backend) {
 		{"StopRunning", testStopRunning},
 		{"Retry", testRetry},
 		{"DeliveryHistory", testDeliveryHistory},
+		{"ListOddFilterStrings", testListOddFilterStrings},
 		{"Invalidate", testInvalidate},
 		{"ReadyNotice", testReadyNotice},
 		{"Bodies", testBodies},
@@ -420,6 +421,27 @@ func testDeliveryHistory(t *testing.T, b queue.Backend) {
 		}
 		if d.Status != want || d.Destination != task.OnFailure {
 			t.Errorf("delivery %d of %d is %s %s; want %s %s", i+1, len(hist), d.Destination, d.Status, task.OnFailure, want)
+		}
+	}
+}
+
+// A filter that no task can match, whatever its bytes (a NUL, invalid
+// UTF-8, a prefix whose next string is not text), lists nothing rather
+// than failing as if the store were down.
+func testListOddFilterStrings(t *testing.T, b queue.Backend) {
+	enqueue(t, b, &queue.Job{ID: "odd_1", Target: "odd"})
+	for _, f := range []task.Filter{
+		{Target: "odd\x00"},
+		{Target: "odd\xff"},
+		{IDPrefix: "odd\x00"},
+		{IDPrefix: "od\xffd"},
+		{IDPrefix: "od\xffd", Statuses: []task.Status{task.Enqueued}},
+		{IDPrefix: "odd\x7f"},
+		{IDPrefix: "odd¿"},
+	} {
+		page, err := task.List(ctx, b, f)
+		if err != nil || len(page.Tasks) != 0 {
+			t.Errorf("List(target %q, prefix %q) = %v, %v; want an empty page", f.Target, f.IDPrefix, page, err)
 		}
 	}
 }
