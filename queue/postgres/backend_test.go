@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -178,6 +179,83 @@ func TestInvalidateAcrossReplicas(t *testing.T) {
 	}
 	if st := status(t, b, y).Status; st != task.Enqueued {
 		t.Errorf("y's task is %s, want Enqueued", st)
+	}
+}
+
+// A replica that died with a task Stopping leaves it to a replica whose
+// scheduler has registered its targets, and with them their destinations:
+// a reaper that ended it at Open, before those were set, lost its
+// onFailure delivery. Its Running tasks are reaped at once, as ever.
+func TestReapEndsStoppingTasksOnceRegistered(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	opts := &postgres.Options{LeaseTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond}
+	a := openAt(t, schema, opts)
+	a.SetDestinations("sd", false, true)
+	stopped, running := mustEnqueue(t, a, job("sd")), mustEnqueue(t, a, job("sd"))
+	if n := len(leaseAll(t, a, "sd")); n != 2 { // one lease: both expire together
+		t.Fatalf("leased %d; want 2", n)
+	}
+	if _, err := task.Stop(ctx, a, stopped); err != nil {
+		t.Fatal(err)
+	}
+	a.Crash()
+
+	b := openAt(t, schema, opts) // its scheduler has not started yet
+	eventually(t, 10*time.Second, "the running task reaped", func() bool {
+		if err := b.Reap(); err != nil {
+			t.Fatal(err)
+		}
+		return status(t, b, running).Status == task.Retrying
+	})
+	if tk := status(t, b, stopped); tk.Status != task.Stopping {
+		t.Fatalf("before the scheduler registered its targets the stopped task is %s; want Stopping", tk.Status)
+	}
+	b.SetDestinations("sd", false, true)
+	if _, err := b.Invalidate(ctx, []string{"sd"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the stopped task ended", func() bool { return status(t, b, stopped).Status == task.Stopped })
+	ds, _, err := b.PendingDeliveries(ctx, time.Now(), 10, func(string) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk := status(t, b, stopped); len(tk.Deliveries) != 1 || len(ds) != 1 || ds[0].TaskID != stopped || ds[0].Destination != task.OnFailure {
+		t.Errorf("stopped task's deliveries %+v, %d pending; want its onFailure delivery", tk.Deliveries, len(ds))
+	}
+}
+
+// A task whose attempt died with its replica, of a target that no live
+// replica runs (a release that dropped it), is Invalid once reaped, as
+// recovery and Invalidate leave it in bbolt, rather than waiting forever.
+func TestReapedTaskOfUnregisteredTargetIsInvalid(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	opts := &postgres.Options{LeaseTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond}
+	a := openAt(t, schema, opts)
+	old, kept := mustEnqueue(t, a, job("old")), mustEnqueue(t, a, job("kept"))
+	if len(leaseAll(t, a, "old")) != 1 || len(leaseAll(t, a, "kept")) != 1 {
+		t.Fatal("lease")
+	}
+	a.Crash()
+	b := openAt(t, schema, opts) // the new release runs "kept" and "new"
+	if n, err := b.Invalidate(ctx, []string{"kept", "new"}); err != nil || n != 0 {
+		t.Fatalf("Invalidate = %d, %v; want none waiting", n, err)
+	}
+	eventually(t, 10*time.Second, "reaped", func() bool {
+		if err := b.Reap(); err != nil {
+			t.Fatal(err)
+		}
+		return status(t, b, old).Status != task.Running && status(t, b, kept).Status != task.Running
+	})
+	if tk := status(t, b, old); tk.Status != task.Invalid || !strings.Contains(tk.LastError, `target "old" is not registered`) {
+		t.Errorf("task of the dropped target is %s (%q); want Invalid", tk.Status, tk.LastError)
+	}
+	if tk := status(t, b, kept); tk.Status != task.Retrying {
+		t.Errorf("task of a registered target is %s; want Retrying", tk.Status)
+	}
+	if err := b.Check(ctx); err != nil {
+		t.Error(err)
 	}
 }
 

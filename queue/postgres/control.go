@@ -143,6 +143,12 @@ func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 	if _, err := q.pool.Exec(ctx, q.sql.registerTargets, q.owner, known, q.opts.LeaseTimeout.Microseconds()); err != nil {
 		return 0, fmt.Errorf("postgres: invalidate: %w", err)
 	}
+	if !q.registered.Swap(true) {
+		select {
+		case q.reapNow <- struct{}{}: // Stopping tasks left by a dead replica
+		default:
+		}
+	}
 	rows, err := q.pool.Query(ctx, q.sql.waitingTargets)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: invalidate: %w", err)

@@ -30,3 +30,6 @@ func MigrateTo(ctx context.Context, url, schema string, last int) error {
 
 // Migrations is how many migrations this build knows.
 var Migrations = len(migrations)
+
+// Reap reaps expired leases now, as the reaper does when one expires.
+func (q *Queue) Reap() error { return q.reapExpired() }

@@ -36,6 +36,7 @@ type statements struct {
 	heartbeat, extendClaims, releaseClaims string
 	reap, nextExpiry, abandon              string
 	waitingTargets, invalidate             string
+	unregistered                           string
 	registerTargets, extendReplica         string
 	dropReplica, sweepReplicas             string
 	purge, deleteBlobs, sweepBlobs         string
@@ -136,10 +137,14 @@ func newStatements(schema string) statements {
 		extendClaims: s(`UPDATE {s}.outbox SET claim_expires_at = now() + $2::int8 * interval '1 microsecond'
 			WHERE claimed_by = $1`),
 		releaseClaims: s(`UPDATE {s}.outbox SET claimed_by = NULL, claim_expires_at = NULL WHERE claimed_by = $1`),
-		reap: s(`SELECT {rowCols} FROM {s}.tasks WHERE status IN (2, 6) AND lease_expires_at < now()
+		// $2: Stopping tasks too (see Queue.registered).
+		reap: s(`SELECT {rowCols} FROM {s}.tasks WHERE (status = 2 OR (status = 6 AND $2)) AND lease_expires_at < now()
 			ORDER BY key LIMIT $1 FOR UPDATE SKIP LOCKED`),
 		nextExpiry: s(`SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 FROM {s}.tasks
-			WHERE status IN (2, 6)`),
+			WHERE status = 2 OR (status = 6 AND $1)`),
+		// Which of the targets $1 no live replica runs.
+		unregistered: s(`SELECT t FROM unnest($1::text[]) AS u(t)
+			EXCEPT SELECT unnest(targets) FROM {s}.replicas WHERE expires_at > now()`),
 		abandon: s(`SELECT {rowCols} FROM {s}.tasks WHERE lease_owner = $1 AND status IN (2, 6)
 			ORDER BY key FOR UPDATE`),
 		// Targets with waiting tasks that neither the caller nor another
