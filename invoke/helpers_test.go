@@ -293,3 +293,17 @@ func (w *watchedQueue) Finish(ctx context.Context, l *queue.Lease, o queue.Outco
 	w.finished <- finished{id: l.ID, status: st, err: err}
 	return st, err
 }
+
+// runScheduler runs s until the returned func is called, which stops it
+// and fails t if Run returned an error.
+func runScheduler(t *testing.T, s *invoke.Scheduler) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}

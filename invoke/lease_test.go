@@ -49,15 +49,7 @@ func TestTaskReadyWhileLeaseInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runScheduler(t, s)()
 
 	<-held.committed // the first Lease found the queue empty
 	rc, err := s.Enqueue(context.Background(), &queue.Job{Target: "t", Request: getRequest("/")})

@@ -435,10 +435,14 @@ func (s *Scheduler) notice(n queue.Notice) {
 		}
 	case queue.StopRequested:
 		s.mu.Lock()
-		if a, ok := s.running[n.ID]; ok {
+		a, ok := s.running[n.ID]
+		switch {
+		case ok && (n.Attempt == 0 || n.Attempt == a.lease.Attempt):
 			a.cancel(task.ErrStopped)
 			s.endWaiting(a) // if leased ahead, it need not wait for a slot to end
-		} else if s.leasing > 0 {
+		case !ok && n.Attempt == 0 && s.leasing > 0:
+			// A stop of the task, not of an attempt that lost its lease:
+			// it may name a task that a Lease in flight returns.
 			s.stash = append(s.stash, n.ID)
 		}
 		s.mu.Unlock()

@@ -203,3 +203,59 @@ func TestEndedAttemptLeavesNextAttemptStoppable(t *testing.T) {
 		b.wantStatus(id, task.Stopped, 2)
 	})
 }
+
+// noticeTap lets a test send the scheduler notices as its queue would.
+type noticeTap struct {
+	queue.Backend
+	mu  sync.Mutex
+	fns []func(queue.Notice)
+}
+
+func (n *noticeTap) Subscribe(fn func(queue.Notice)) func() {
+	n.mu.Lock()
+	n.fns = append(n.fns, fn)
+	n.mu.Unlock()
+	return n.Backend.Subscribe(fn)
+}
+
+func (n *noticeTap) send(no queue.Notice) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, fn := range n.fns {
+		fn(no)
+	}
+}
+
+// A stop naming an attempt (one whose lease was lost, reported by a
+// heartbeat) cancels that attempt only: the task's next attempt, running
+// in the same process, goes on.
+func TestStopOfAnotherAttemptLeavesTheRunningOne(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		tap := &noticeTap{Backend: openQueue(t)}
+		s, err := invoke.New(tap, &invoke.Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := newGate()
+		if err := s.Register("work", g, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer runScheduler(t, s)()
+		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-g.entered // attempt 1 runs
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 2})
+		synctest.Wait()
+		if len(g.causes) != 0 {
+			t.Fatalf("a stop of attempt 2 cancelled attempt 1: %v", <-g.causes)
+		}
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 1})
+		synctest.Wait()
+		if len(g.causes) != 1 || <-g.causes != task.ErrStopped {
+			t.Errorf("a stop of attempt 1 did not cancel it")
+		}
+	})
+}

@@ -192,7 +192,8 @@ type NoticeKind int
 const (
 	// TaskReady: a task became ready, or a new earliest ready time exists.
 	TaskReady NoticeKind = iota + 1
-	// StopRequested: the running task ID was asked to stop.
+	// StopRequested: the running task ID was asked to stop (or, with an
+	// Attempt, that attempt: it lost its lease).
 	StopRequested
 	// DeliveryReady: a delivery was written or rescheduled.
 	DeliveryReady
@@ -202,4 +203,8 @@ const (
 type Notice struct {
 	Kind NoticeKind
 	ID   string
+	// Attempt, in a StopRequested, names the one attempt to stop; 0 means
+	// whichever runs. A replica that ran a task again after losing its
+	// lease has two attempts of it, and only the lost one must end.
+	Attempt int
 }

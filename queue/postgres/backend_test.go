@@ -346,6 +346,56 @@ func TestLostLease(t *testing.T) {
 	}
 }
 
+// A replica that stalled past its lease and, waking, leased the same task
+// again (its scheduler was quicker than its heartbeat) holds two attempts
+// of it: the heartbeat asks to stop the lost one, by its attempt, and
+// leaves the new one alone.
+func TestLostAttemptStoppedAfterReLease(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	opts := &postgres.Options{LeaseTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond}
+	a, b := openAt(t, schema, opts), openAt(t, schema, opts)
+	stops := make(chan queue.Notice, 100)
+	a.Subscribe(func(n queue.Notice) {
+		if n.Kind == queue.StopRequested {
+			stops <- n
+		}
+	})
+	id := mustEnqueue(t, a, job("relost"))
+	l1 := leaseAll(t, a, "relost")[0]
+	a.PauseHeartbeat(true)
+	eventually(t, 10*time.Second, "reaped", func() bool {
+		if err := b.Reap(); err != nil {
+			t.Fatal(err)
+		}
+		return status(t, b, id).Status == task.Retrying
+	})
+	l2 := leaseAll(t, a, "relost")
+	if len(l2) != 1 || l2[0].Attempt != 2 {
+		t.Fatalf("leased again: %+v; want attempt 2", l2)
+	}
+	a.PauseHeartbeat(false)
+	select {
+	case n := <-stops:
+		if n.ID != id || n.Attempt != 1 {
+			t.Errorf("stop notice %+v; want one for attempt 1 of %s", n, id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lost attempt was never asked to stop")
+	}
+	if _, err := a.Finish(ctx, l1, queue.Outcome{Status: task.Succeeded}); !errors.Is(err, task.ErrLeaseLost) {
+		t.Errorf("Finish of the lost attempt: %v; want ErrLeaseLost", err)
+	}
+	if _, err := a.Finish(ctx, l2[0], queue.Outcome{Status: task.Succeeded}); err != nil {
+		t.Fatal(err)
+	}
+	for len(stops) > 0 {
+		if n := <-stops; n.Attempt != 1 {
+			t.Errorf("stop notice %+v for an attempt that held its lease", n)
+		}
+	}
+}
+
 // Close hands back the leases still held: their tasks are ready at once.
 func TestCloseHandsBackLeases(t *testing.T) {
 	t.Parallel()

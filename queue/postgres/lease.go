@@ -109,7 +109,7 @@ func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []queue.LeaseRequ
 
 	q.mu.Lock()
 	for _, r := range claimed {
-		q.held[r.key] = heldLease{id: r.id(), attempt: r.attempts}
+		q.held[heldAttempt{r.key, r.attempts}] = r.id()
 	}
 	q.mu.Unlock()
 	for _, r := range claimed {
@@ -130,9 +130,7 @@ func (q *Queue) Lease(ctx context.Context, now time.Time, reqs []queue.LeaseRequ
 // release forgets the lease of an attempt that has ended.
 func (q *Queue) release(key [16]byte, attempt int) {
 	q.mu.Lock()
-	if h, ok := q.held[key]; ok && h.attempt == attempt {
-		delete(q.held, key)
-	}
+	delete(q.held, heldAttempt{key, attempt})
 	q.mu.Unlock()
 }
 

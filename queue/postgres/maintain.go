@@ -3,7 +3,9 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,13 +46,14 @@ func (q *Queue) heartbeatLoop() {
 
 func (q *Queue) heartbeat(ctx context.Context) error {
 	q.mu.Lock()
-	held := make(map[[16]byte]heldLease, len(q.held))
-	keys := make([][16]byte, 0, len(q.held))
-	for k, h := range q.held {
-		held[k] = h
-		keys = append(keys, k)
-	}
+	held := maps.Clone(q.held)
 	q.mu.Unlock()
+	keys := make([][16]byte, 0, len(held))
+	for h := range held {
+		if !slices.Contains(keys, h.key) {
+			keys = append(keys, h.key)
+		}
+	}
 	ttl := q.opts.LeaseTimeout.Microseconds()
 	if _, err := q.pool.Exec(ctx, q.sql.extendClaims, q.owner, ttl); err != nil {
 		return err
@@ -84,17 +87,18 @@ func (q *Queue) heartbeat(ctx context.Context) error {
 	}
 	var notices []queue.Notice
 	q.mu.Lock()
-	for k, h := range held {
-		b, ok := alive[k]
-		switch {
+	for h, id := range held {
+		b, ok := alive[h.key]
+		stop := queue.Notice{Kind: queue.StopRequested, ID: id, Attempt: h.attempt}
+		switch _, running := q.held[h]; {
 		case ok && int(b.attempt) == h.attempt:
 			if b.status == statusCode(task.Stopping) {
-				notices = append(notices, queue.Notice{Kind: queue.StopRequested, ID: h.id})
+				notices = append(notices, stop)
 			}
-		case q.held[k] == h: // not finished meanwhile: the lease is lost
-			delete(q.held, k)
-			q.log.Warn("offload postgres: lease lost; cancelling the attempt", "id", h.id, "attempt", h.attempt)
-			notices = append(notices, queue.Notice{Kind: queue.StopRequested, ID: h.id})
+		case running: // not finished meanwhile: the lease is lost
+			delete(q.held, h)
+			q.log.Warn("offload postgres: lease lost; cancelling the attempt", "id", id, "attempt", h.attempt)
+			notices = append(notices, stop)
 		}
 	}
 	q.mu.Unlock()

@@ -137,13 +137,15 @@ type Queue struct {
 	closed       bool
 	subscriber   func(queue.Notice)
 	destinations map[string]uint8
-	// held are the leases of attempts this replica runs: key -> what the
-	// heartbeat needs. Lease adds; Finish removes.
-	held map[[16]byte]heldLease
+	// held are the attempts this replica runs, each with its task's ID: the
+	// heartbeat extends their leases and cancels the ones it finds lost.
+	// Lease adds; Finish removes. A task leased here again after its lease
+	// was lost (a stall) has two.
+	held map[heldAttempt]string
 }
 
-type heldLease struct {
-	id      string
+type heldAttempt struct {
+	key     [16]byte
 	attempt int
 }
 
@@ -200,7 +202,7 @@ func Open(ctx context.Context, connString string, opts *Options) (*Queue, error)
 		stop:       make(chan struct{}),
 		reapNow:    make(chan struct{}, 1),
 		noticeKick: make(chan struct{}, 1),
-		held:       make(map[[16]byte]heldLease),
+		held:       make(map[heldAttempt]string),
 	}
 	_, _ = rand.Read(q.owner[:])
 	q.ownerHex = hex.EncodeToString(q.owner[:])
