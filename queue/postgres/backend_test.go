@@ -424,6 +424,10 @@ func TestCloseHandsBackLeases(t *testing.T) {
 	if _, err := a.Enqueue(ctx, job("close")); !errors.Is(err, task.ErrClosed) {
 		t.Errorf("Enqueue after Close: %v", err)
 	}
+	// The trigger answers it 503 shutting_down, not store_unavailable.
+	if _, err := a.CreateBlob(); !errors.Is(err, task.ErrClosed) {
+		t.Errorf("CreateBlob after Close: %v; want ErrClosed", err)
+	}
 }
 
 // A delivery is sent by one replica at a time: the one that claimed it,

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/offload-go/offload/queue"
+	"github.com/offload-go/offload/task"
 )
 
 // CreateBlob implements queue.Backend. A large body is stored in the
@@ -23,14 +24,12 @@ import (
 // that no task names is removed Options.BlobGrace after its last write.
 func (q *Queue) CreateBlob() (queue.Blob, error) {
 	if q.isClosed() {
-		return nil, fmt.Errorf("postgres: create blob: %w", errClosed)
+		return nil, fmt.Errorf("postgres: create blob: %w", task.ErrClosed)
 	}
 	var r [16]byte
 	_, _ = rand.Read(r[:])
 	return &blob{q: q, name: hex.EncodeToString(r[:])}, nil
 }
-
-var errClosed = errors.New("queue closed")
 
 type blob struct {
 	q       *Queue

@@ -134,9 +134,12 @@ func newStatements(schema string) statements {
 				ORDER BY key FOR UPDATE) AS l
 			WHERE t.key = l.key
 			RETURNING t.key, t.attempts, t.status`),
-		extendClaims: s(`UPDATE {s}.outbox SET claim_expires_at = now() + $2::int8 * interval '1 microsecond'
-			WHERE claimed_by = $1`),
-		releaseClaims: s(`UPDATE {s}.outbox SET claimed_by = NULL, claim_expires_at = NULL WHERE claimed_by = $1`),
+		// Outbox rows are locked in id order, as the committer's
+		// lockOutbox locks them, so that the two never deadlock.
+		extendClaims: s(`UPDATE {s}.outbox AS o SET claim_expires_at = now() + $2::int8 * interval '1 microsecond'
+			FROM (SELECT id FROM {s}.outbox WHERE claimed_by = $1 ORDER BY id FOR UPDATE) AS l WHERE o.id = l.id`),
+		releaseClaims: s(`UPDATE {s}.outbox AS o SET claimed_by = NULL, claim_expires_at = NULL
+			FROM (SELECT id FROM {s}.outbox WHERE claimed_by = $1 ORDER BY id FOR UPDATE) AS l WHERE o.id = l.id`),
 		// $2: Stopping tasks too (see Queue.registered).
 		reap: s(`SELECT {rowCols} FROM {s}.tasks WHERE (status = 2 OR (status = 6 AND $2)) AND lease_expires_at < now()
 			ORDER BY key LIMIT $1 FOR UPDATE SKIP LOCKED`),
