@@ -40,8 +40,13 @@ const (
 )
 
 // ErrSignature is wrapped by Verify for a missing, malformed, stale or
-// wrong signature.
+// wrong signature: a receiver answers 401.
 var ErrSignature = errors.New("destination: bad webhook signature")
+
+// ErrBadRecord is wrapped by VerifyRequest for a body too large to be a
+// record, or a signed one that is not a record's JSON: a receiver answers
+// 400.
+var ErrBadRecord = errors.New("destination: bad webhook record")
 
 // WebhookOptions configures NewWebhook. A nil *WebhookOptions means all defaults.
 type WebhookOptions struct {
@@ -209,13 +214,13 @@ func VerifyRequest(r *http.Request, secret []byte, tolerance time.Duration) (Rec
 		return rec, fmt.Errorf("destination: read webhook body: %w", err)
 	}
 	if len(body) > maxVerifyBody {
-		return rec, fmt.Errorf("destination: webhook body over %d bytes", maxVerifyBody)
+		return rec, fmt.Errorf("%w: body over %d bytes", ErrBadRecord, maxVerifyBody)
 	}
 	if err := Verify(secret, r.Header.Get(HeaderSignature), body, tolerance, time.Now()); err != nil {
 		return rec, err
 	}
 	if err := json.Unmarshal(body, &rec); err != nil {
-		return rec, fmt.Errorf("destination: decode webhook record: %w", err)
+		return rec, fmt.Errorf("%w: %w", ErrBadRecord, err)
 	}
 	return rec, nil
 }

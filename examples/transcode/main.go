@@ -243,7 +243,11 @@ func receiver(name string, secret []byte, log *slog.Logger, onHook func(string, 
 		rec, err := destination.VerifyRequest(r, secret, 0)
 		if err != nil {
 			log.Warn(name+": rejected a callback", "err", err)
-			http.Error(w, "bad signature", http.StatusUnauthorized)
+			code := http.StatusUnauthorized // ErrSignature
+			if errors.Is(err, destination.ErrBadRecord) {
+				code = http.StatusBadRequest
+			}
+			http.Error(w, http.StatusText(code), code)
 			return
 		}
 		rc := rec.RequestContext
