@@ -107,5 +107,24 @@ func (q *Queue) OpenBody(l *Lease) (io.ReadCloser, error) {
 	if sealed {
 		return openSealedBody(q.opts.Sealer, f, l)
 	}
+	// A sealed blob's seal catches a file cut short; a plain one would
+	// replay as a shorter body without an error.
+	fi, err := f.Stat()
+	if err == nil {
+		err = checkBlobSize(fi, l.Request.BodySize)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("queue: body of %s: %w", l.ID, err)
+	}
 	return f, nil
+}
+
+// checkBlobSize checks that a plain blob file holds the body size its task
+// records.
+func checkBlobSize(fi fs.FileInfo, want int64) error {
+	if fi.Size() != want {
+		return fmt.Errorf("%w: blob %s is %d bytes; the task's body is %d", ErrNoBody, fi.Name(), fi.Size(), want)
+	}
+	return nil
 }

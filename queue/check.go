@@ -68,14 +68,18 @@ func (q *Queue) Check() error {
 					report("task %s: idempotency key not mapped to it", id)
 				}
 			}
-			blob, err := q.checkRequest(k, v, m, reqBytes)
+			blob, size, err := q.checkRequest(k, v, m, reqBytes)
 			if err != nil {
 				report("task %s: request: %v", id, err)
 			} else if blob != "" {
 				if !bytes.Equal(tx.Bucket(bBlobs).Get([]byte(blob)), k) {
 					report("task %s: blob %s not registered", id, blob)
 				}
-				if _, err := os.Stat(filepath.Join(q.blobDir, blob)); err != nil {
+				fi, err := os.Stat(filepath.Join(q.blobDir, blob))
+				if sealed, _ := blobKind(blob); err == nil && !sealed {
+					err = checkBlobSize(fi, size)
+				}
+				if err != nil {
 					report("task %s: blob: %v", id, err)
 				}
 			}
@@ -190,17 +194,19 @@ func (q *Queue) Check() error {
 }
 
 // checkRequest checks that a record's request decodes and returns its blob
-// name. A sealed request is opened when the queue has a Sealer; without
-// one, only the plain blob name beside it is checked.
-func (q *Queue) checkRequest(key, rec []byte, m *jobMeta, rest []byte) (string, error) {
+// name and body size. A sealed request is opened when the queue has a
+// Sealer; without one, only the plain blob name beside it is checked (the
+// size is then -1).
+func (q *Queue) checkRequest(key, rec []byte, m *jobMeta, rest []byte) (blob string, bodySize int64, err error) {
 	if m.sealed && q.opts.Sealer == nil {
-		return recordBlob(m, rest)
+		blob, err = recordBlob(m, rest)
+		return blob, -1, err
 	}
 	req, err := openRequest(q.opts.Sealer, key, rec, m, rest)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return req.Blob, nil
+	return req.Blob, req.BodySize, nil
 }
 
 func checkBolt(tx *bolt.Tx) error {

@@ -1,8 +1,11 @@
 package queue_test
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -95,5 +98,58 @@ func TestDamagedRecordFailsOnlyItsOwnOp(t *testing.T) {
 	}
 	if _, err := q.Purge(ctx); err != nil {
 		t.Errorf("Purge beside a damaged task: %v", err)
+	}
+}
+
+// A blob shorter than the body its task records: the lease gets no body
+// (ErrNoBody, so the task ends Invalid) rather than a shorter one read
+// without an error. A plain blob cut short on disk is also what Check
+// reports; a sealed blob's count of what it opened catches a record that
+// claims more.
+func TestShortBlob(t *testing.T) {
+	t.Parallel()
+	for _, sealed := range []bool{false, true} {
+		opts := &queue.Options{}
+		if sealed {
+			opts.Sealer = newSealer(t, "k1", "k1")
+		}
+		path := filepath.Join(t.TempDir(), "short.db")
+		q := openAt(t, path, opts)
+		body := bytes.Repeat([]byte("x"), 1<<20)
+		blob, err := q.CreateBlob()
+		if err != nil {
+			t.Fatal(err)
+		}
+		written := body
+		if sealed {
+			written = body[:1000] // the record below claims the whole body
+		}
+		if _, err := blob.Write(written); err != nil {
+			t.Fatal(err)
+		}
+		if err := blob.Close(); err != nil {
+			t.Fatal(err)
+		}
+		req := request(nil)
+		req.Blob, req.BodySize = blob.Name(), int64(len(body))
+		enqueue(t, q, &queue.Job{Target: "short", Request: req})
+		if !sealed {
+			if err := os.Truncate(filepath.Join(path+".blobs", blob.Name()), 1000); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.Check(); err == nil || !strings.Contains(err.Error(), "is 1000 bytes") {
+				t.Errorf("Check of a blob cut to 1000 bytes: %v; want it reported", err)
+			}
+		}
+		l := leaseAll(t, q, time.Now(), "short")[0]
+		if rc, err := q.OpenBody(l); !errors.Is(err, queue.ErrNoBody) {
+			if rc != nil {
+				rc.Close()
+			}
+			t.Errorf("sealed %v: OpenBody of 1000 bytes for a body of %d: %v; want ErrNoBody", sealed, len(body), err)
+		}
+		if err := q.Close(); err != nil { // the damage stays: no Check at cleanup
+			t.Fatal(err)
+		}
 	}
 }

@@ -415,7 +415,7 @@ func (b *sealedBlob) Close() error {
 // segment before it returns, so that a missing or wrong key is an error
 // here (the task is then Invalid) rather than in the middle of a replay.
 func openSealedBody(sl Sealer, f *os.File, l *Lease) (io.ReadCloser, error) {
-	r := &sealedBody{f: f, sl: sl, id: l.ID, name: l.Request.Blob, buf: make([]byte, maxSealedSegment)}
+	r := &sealedBody{f: f, sl: sl, id: l.ID, name: l.Request.Blob, size: l.Request.BodySize, buf: make([]byte, maxSealedSegment)}
 	magic := make([]byte, len(sealedBlobMagic))
 	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != sealedBlobMagic {
 		f.Close()
@@ -438,7 +438,9 @@ type sealedBody struct {
 	plain    []byte // the opened segment; plain[off:] is unread
 	off      int
 	index    uint64
-	last     bool // the last segment is open
+	size     int64 // the body's size, as its task records it
+	read     int64 // the plaintext opened so far
+	last     bool  // the last segment is open
 	err      error
 }
 
@@ -475,6 +477,11 @@ func (r *sealedBody) next() error {
 		return r.err
 	}
 	r.plain, r.off = plain, 0
+	r.read += int64(len(plain))
+	if flag == 1 && r.read != r.size {
+		r.err = fmt.Errorf("queue: body of %s: %w: blob %s holds %d bytes; the task's body is %d", r.id, ErrNoBody, r.name, r.read, r.size)
+		return r.err
+	}
 	if flag == 1 {
 		var one [1]byte
 		switch k, err := io.ReadFull(r.f, one[:]); {

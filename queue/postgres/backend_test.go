@@ -711,6 +711,33 @@ func TestBlobChunks(t *testing.T) {
 // Strings that handlers and clients write (errors, logs, progress,
 // headers, idempotency keys, reasons) may hold NUL and invalid UTF-8,
 // which text and jsonb refuse: they are stored, cleaned, without failing
+// A blob shorter than the body its task records (damage, or a bug): the
+// lease gets no body (ErrNoBody: the task ends Invalid), not a shorter one.
+func TestShortBlob(t *testing.T) {
+	t.Parallel()
+	q := openQueue(t, nil)
+	blob, err := q.CreateBlob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blob.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := blob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	j := job("short")
+	j.Request.Body, j.Request.Blob, j.Request.BodySize = nil, blob.Name(), 1<<20
+	mustEnqueue(t, q, j)
+	l := leaseAll(t, q, "short")[0]
+	if rc, err := q.OpenBody(l); !errors.Is(err, queue.ErrNoBody) {
+		if rc != nil {
+			rc.Close()
+		}
+		t.Errorf("OpenBody of a 1000-byte blob for a body of 1 MiB: %v; want ErrNoBody", err)
+	}
+}
+
 // the batch that carries other tasks' writes; idempotency keys stay exact.
 func TestHostileStrings(t *testing.T) {
 	t.Parallel()

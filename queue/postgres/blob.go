@@ -139,6 +139,9 @@ func (q *Queue) OpenBody(l *queue.Lease) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: body of %s: %w", l.ID, err)
 	}
+	if *size != l.Request.BodySize {
+		return nil, fmt.Errorf("postgres: body of %s: %w: blob %s is %d bytes; the task's body is %d", l.ID, queue.ErrNoBody, l.Request.Blob, *size, l.Request.BodySize)
+	}
 	return &blobReader{q: q, id: l.ID, name: l.Request.Blob, chunks: *chunks, size: *size}, nil
 }
 
