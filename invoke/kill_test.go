@@ -151,3 +151,66 @@ func TestRestartAfterKill(t *testing.T) {
 		t.Errorf("task is %s with %d attempts; want Succeeded with 2", tk.Status, tk.Attempts)
 	}
 }
+
+// A task whose attempts were lost with their process (a request that
+// kills it) is judged against MaxRetries when it is leased again: past
+// them it fails without running, so the service does not crash at every
+// restart; within them it runs.
+func TestLostAttemptsUseUpRetries(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		maxRetries int
+		wantRun    bool
+	}{{1, false}, {2, true}} {
+		path := filepath.Join(t.TempDir(), "offload.db")
+		var id string
+		// Two attempts, each lost: leased, then the process gone (Open
+		// recovers what was Running).
+		for range 2 {
+			q, err := queue.Open(path, queueOptions(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id == "" {
+				r, err := q.Enqueue(context.Background(), &queue.Job{Target: "poison", Request: getRequest("/")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				id = r.ID
+			}
+			if res, err := q.Lease(context.Background(), time.Now(), []queue.LeaseRequest{{Target: "poison", Max: 1}}); err != nil || len(res.Leases) != 1 {
+				t.Fatalf("Lease = %+v, %v", res, err)
+			}
+			if err := q.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		q := testutil.OpenQueueAt(t, path, queueOptions(t))
+		finished := make(chan struct{}, 1)
+		b := newBundle(t, q, &invoke.Options{Observer: func(e invoke.Event) {
+			if e.Kind == invoke.EventFinished {
+				finished <- struct{}{}
+			}
+		}})
+		ran := make(chan struct{}, 1)
+		b.register("poison", http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran <- struct{}{} }),
+			&invoke.Policy{MaxRetries: c.maxRetries})
+		b.start()
+		select {
+		case <-finished:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the task did not finish")
+		}
+		tk := b.task(id)
+		switch {
+		case c.wantRun && (len(ran) != 1 || tk.Status != task.Succeeded):
+			t.Errorf("MaxRetries %d after 2 lost attempts: ran %v, %s (%q); want it run", c.maxRetries, len(ran) == 1, tk.Status, tk.LastError)
+		case !c.wantRun && (len(ran) != 0 || tk.Status != task.Failed ||
+			tk.LastError != "process lost during attempt 2 (retries exhausted: 1)"):
+			t.Errorf("MaxRetries %d after 2 lost attempts: ran %v, %s (%q); want Failed unrun", c.maxRetries, len(ran) == 1, tk.Status, tk.LastError)
+		}
+		if err := b.stopRun(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -761,6 +761,13 @@ func (s *Scheduler) launch(t *target, a *attempt) {
 			out = queue.Outcome{Status: task.Enqueued, Detail: "leased ahead and handed back: no slot freed in time"}
 		case errors.Is(cause, task.ErrStopped):
 			out = queue.Outcome{Status: task.Failed, Error: "stopped on request before the attempt started"}
+		case l.Attempt-1-l.RetryBase-l.Throttled > t.policy.MaxRetries:
+			// The attempt before was lost with its process (a crash, a
+			// SIGKILL) and never came back to be judged: past MaxRetries it
+			// ends the task here, or a request that kills its process would
+			// crash every restart.
+			out = queue.Outcome{Status: task.Failed,
+				Error: fmt.Sprintf("process lost during attempt %d (retries exhausted: %d)", l.Attempt-1, t.policy.MaxRetries)}
 		default:
 			s.observe(Event{Kind: EventStarted, Target: t.name, TaskID: l.ID, Status: task.Running, Attempt: l.Attempt,
 				Duration: time.Since(l.EnqueuedAt)})
