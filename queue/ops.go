@@ -303,7 +303,7 @@ func (o *finishOp) apply(w *writer) error {
 func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
 	return q.control(ctx, &controlOp{
 		id: id,
-		check: func(s *state) error {
+		check: func(_ *jobMeta, s *state) error {
 			if s.Status.Terminal() {
 				return fmt.Errorf("queue: stop %s: %w (%s)", id, task.ErrFinished, s.Status)
 			}
@@ -329,9 +329,15 @@ func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
 func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, error) {
 	return q.control(ctx, &controlOp{
 		id: id,
-		check: func(s *state) error {
+		check: func(m *jobMeta, s *state) error {
 			if !s.Status.Retryable() {
 				return fmt.Errorf("queue: retry %s: %w (%s)", id, task.ErrNotRetryable, s.Status)
+			}
+			q.mu.Lock()
+			known := q.known
+			q.mu.Unlock()
+			if known != nil && !known[m.target] {
+				return fmt.Errorf("queue: retry %s: %w: %w: the scheduler has no target %q", id, task.ErrNotRetryable, task.ErrTargetNotRegistered, m.target)
 			}
 			return nil
 		},
@@ -349,7 +355,7 @@ func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, e
 // is written, whether the change is allowed; do writes it.
 type controlOp struct {
 	id    string
-	check func(s *state) error
+	check func(m *jobMeta, s *state) error
 	do    func(w *writer, key []byte, m *jobMeta, s *state) error
 	err   error
 }
@@ -365,7 +371,7 @@ func (o *controlOp) apply(w *writer) error {
 		o.err = fmt.Errorf("queue: %s: %w", o.id, err)
 		return nil
 	}
-	if o.err = o.check(s); o.err != nil {
+	if o.err = o.check(m, s); o.err != nil {
 		return nil
 	}
 	return o.do(w, key, m, s)
@@ -390,6 +396,10 @@ func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 	q.mu.Lock()
 	o := &invalidateOp{known: known, stops: q.leftoverStops}
 	q.leftoverStops = nil
+	q.known = make(map[string]bool, len(known))
+	for _, t := range known {
+		q.known[t] = true
+	}
 	q.mu.Unlock()
 	if err := q.submit(ctx, o); err != nil {
 		q.mu.Lock()

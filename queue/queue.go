@@ -62,13 +62,16 @@ type Queue struct {
 
 	grow preallocator // the committer's: zero-filling ahead of the pages in use
 
-	mu         sync.Mutex // guards subscriber, destinations and leftoverStops
+	mu         sync.Mutex // guards subscriber, destinations, known and leftoverStops
 	subscriber func(Notice)
 	// destinations maps a target to its outbox rule (1 onSuccess, 2
 	// onFailure). It is replaced, never changed, so a batch may keep it.
 	destinations map[string]uint8
 	// leftoverStops are the tasks found Stopping at Open; see Invalidate.
 	leftoverStops [][]byte
+	// known are the targets the scheduler registered (nil before its
+	// Invalidate): a retry of another target's task is refused.
+	known map[string]bool
 }
 
 var _ Backend = (*Queue)(nil)

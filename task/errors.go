@@ -20,6 +20,10 @@ var (
 	ErrFinished = errors.New("task: already finished")
 	// ErrNotRetryable: only Failed, Stopped, Expired and Invalid tasks can be retried.
 	ErrNotRetryable = errors.New("task: not retryable in its current status")
+	// ErrTargetNotRegistered, with ErrNotRetryable: a retry named a task
+	// whose target no running scheduler has registered, so that it would
+	// wait forever.
+	ErrTargetNotRegistered = errors.New("task: target not registered")
 	// ErrLeaseLost: a finish named an attempt that no longer holds the task.
 	ErrLeaseLost = errors.New("task: lease lost")
 	// ErrQueueFull: the backlog reached its configured bound; try again later.

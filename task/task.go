@@ -174,7 +174,9 @@ func Stop(ctx context.Context, s Store, id string) (*Task, error) {
 
 // Retry runs a Failed, Stopped, Expired or Invalid task again with a fresh
 // retry budget and MaxAge, recording reason in its history. It wraps
-// [ErrNotRetryable] for a task in any other status.
+// [ErrNotRetryable] for a task in any other status, and also
+// [ErrTargetNotRegistered] when schedulers run but none has the task's
+// target.
 func Retry(ctx context.Context, s Store, id, reason string) (*Task, error) {
 	if err := CheckID(id); err != nil {
 		return nil, err

@@ -204,6 +204,10 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) retry(w http.ResponseWriter, r *http.Request) {
 	t, err := task.Retry(r.Context(), a.store, r.PathValue("id"), "retried through the task API")
+	if errors.Is(err, task.ErrTargetNotRegistered) {
+		writeError(w, http.StatusConflict, CodeTaskNotRetryable, "no running scheduler has the task's target: it would never run")
+		return
+	}
 	if errors.Is(err, task.ErrNotRetryable) {
 		a.conflict(w, r, CodeTaskNotRetryable, "only a Failed, Stopped, Expired or Invalid task can be retried",
 			func(s task.Status) bool { return !s.Retryable() })

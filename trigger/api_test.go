@@ -745,3 +745,39 @@ func TestAPIAnswerThatCannotBeEncoded(t *testing.T) {
 		t.Errorf("GET of a task JSON cannot carry: %d %+v (%v); want 500 %s", res.StatusCode, body, err, trigger.CodeInternal)
 	}
 }
+
+// A retry of a task whose target the running scheduler does not have is
+// a 409 that says so, and the task stays as it was.
+func TestAPIRetryOfAnUnregisteredTarget(t *testing.T) {
+	t.Parallel()
+	q := testutil.OpenQueue(t, &queue.Options{Logger: discard})
+	r, err := q.Enqueue(context.Background(), &queue.Job{Target: "gone", Request: &reqcodec.Request{Method: http.MethodPost, RequestURI: "/", Proto: "HTTP/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := q.Lease(context.Background(), time.Now(), []queue.LeaseRequest{{Target: "gone", Max: 1}})
+	if err != nil || len(res.Leases) != 1 {
+		t.Fatalf("Lease = %+v, %v", res, err)
+	}
+	if _, err := q.Finish(context.Background(), res.Leases[0], queue.Outcome{Status: task.Failed, Error: "e"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Invalidate(context.Background(), []string{"kept"}); err != nil { // what a scheduler's Run does
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.StripPrefix("/tasks", trigger.TaskAPI(q, nil)))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/tasks/"+r.ID+"/retry", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Code, Message string }
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusConflict ||
+		body.Code != trigger.CodeTaskNotRetryable || !strings.Contains(body.Message, "no running scheduler has the task's target") {
+		t.Errorf("retry: %d %+v (%v); want 409 %s saying why", resp.StatusCode, body, err, trigger.CodeTaskNotRetryable)
+	}
+	if tk, err := task.Query(context.Background(), q, r.ID); err != nil || tk.Status != task.Failed {
+		t.Errorf("task after the refused retry: %v, %v; want Failed", tk, err)
+	}
+}

@@ -21,7 +21,7 @@ const (
 	CodeMethodNotAllowed       = "MethodNotAllowed"       // 405: a task API route, another method
 	CodeTaskAlreadyExists      = "TaskAlreadyExists"      // 409
 	CodeTaskFinished           = "TaskFinished"           // 409: stop of a finished task
-	CodeTaskNotRetryable       = "TaskNotRetryable"       // 409: retry of a task that is not Failed, Stopped, Expired or Invalid
+	CodeTaskNotRetryable       = "TaskNotRetryable"       // 409: retry of a task that is not Failed, Stopped, Expired or Invalid, or whose target no scheduler runs
 	CodeRequestTooLarge        = "RequestTooLarge"        // 413
 	CodeIdempotencyKeyMismatch = "IdempotencyKeyMismatch" // 422
 	CodeQueueFull              = "QueueFull"              // 503

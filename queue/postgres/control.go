@@ -36,8 +36,13 @@ func (q *Queue) StopTask(ctx context.Context, id string) (*task.Task, error) {
 	return q.GetTask(ctx, id)
 }
 
-// RetryTask implements task.Store.
+// RetryTask implements task.Store. While schedulers run (live replicas
+// have registered their targets), a task of a target none of them has is
+// refused: it would wait forever.
 func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, error) {
+	if err := q.refuseUnregistered(ctx, id); err != nil {
+		return nil, err
+	}
 	err := q.control(ctx, id, func(t *txn, r *row) error {
 		if !r.status.Retryable() {
 			return fmt.Errorf("postgres: retry %s: %w (%s)", id, task.ErrNotRetryable, r.status)
@@ -53,6 +58,27 @@ func (q *Queue) RetryTask(ctx context.Context, id, reason string) (*task.Task, e
 		return nil, err
 	}
 	return q.GetTask(ctx, id)
+}
+
+// refuseUnregistered returns an error wrapping task.ErrTargetNotRegistered
+// if the retryable task named id has a target that no live replica runs
+// while some do. A registration that changes meanwhile only moves the
+// answer to the next Invalidate.
+func (q *Queue) refuseUnregistered(ctx context.Context, id string) error {
+	tk, err := q.GetTask(ctx, id)
+	if err != nil || !tk.Status.Retryable() {
+		return err // the retry itself says why not
+	}
+	ctx, cancel := q.bind(ctx)
+	defer cancel()
+	var live, runs bool
+	if err := q.pool.QueryRow(ctx, q.sql.registered, tk.Target).Scan(&live, &runs); err != nil {
+		return fmt.Errorf("postgres: retry %s: %w", id, err)
+	}
+	if live && !runs {
+		return fmt.Errorf("postgres: retry %s: %w: %w: no running scheduler has target %q", id, task.ErrNotRetryable, task.ErrTargetNotRegistered, tk.Target)
+	}
+	return nil
 }
 
 // control changes the one task named id in its own transaction: do

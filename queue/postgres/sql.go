@@ -36,7 +36,7 @@ type statements struct {
 	heartbeat, extendClaims, releaseClaims string
 	reap, nextExpiry, abandon              string
 	waitingTargets, invalidate             string
-	unregistered                           string
+	unregistered, registered               string
 	registerTargets, extendReplica         string
 	dropReplica, sweepReplicas             string
 	purge, deleteBlobs, sweepBlobs         string
@@ -145,6 +145,9 @@ func newStatements(schema string) statements {
 			ORDER BY key LIMIT $1 FOR UPDATE SKIP LOCKED`),
 		nextExpiry: s(`SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 FROM {s}.tasks
 			WHERE status = 2 OR (status = 6 AND $1)`),
+		// Whether any replica is live, and whether one runs target $1.
+		registered: s(`SELECT EXISTS (SELECT 1 FROM {s}.replicas WHERE expires_at > now()),
+			EXISTS (SELECT 1 FROM {s}.replicas WHERE expires_at > now() AND $1 = ANY(targets))`),
 		// Which of the targets $1 no live replica runs.
 		unregistered: s(`SELECT t FROM unnest($1::text[]) AS u(t)
 			EXCEPT SELECT unnest(targets) FROM {s}.replicas WHERE expires_at > now()`),

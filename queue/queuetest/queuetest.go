@@ -72,6 +72,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Backend) {
 		{"Retry", testRetry},
 		{"DeliveryHistory", testDeliveryHistory},
 		{"ListOddFilterStrings", testListOddFilterStrings},
+		{"RetryUnregisteredTarget", testRetryUnregisteredTarget},
 		{"Invalidate", testInvalidate},
 		{"ReadyNotice", testReadyNotice},
 		{"Bodies", testBodies},
@@ -1028,6 +1029,29 @@ func testStopRunning(t *testing.T, b queue.Backend) {
 			t.Errorf("second finish: err = %v, want ErrLeaseLost", err)
 		}
 	}
+}
+
+// Once a scheduler has registered its targets (Invalidate), a retry of a
+// task whose target it does not run is refused rather than left waiting
+// forever; one of a target it runs goes ahead.
+func testRetryUnregisteredTarget(t *testing.T, b queue.Backend) {
+	ids := map[string]string{}
+	for _, target := range []string{"gone", "kept"} {
+		id := enqueue(t, b, &queue.Job{Target: target})
+		finish(t, b, leaseOne(t, b, target, id), queue.Outcome{Status: task.Failed, Error: "e"})
+		ids[target] = id
+	}
+	if _, err := b.Invalidate(ctx, []string{"kept"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Retry(ctx, b, ids["gone"], ""); !errors.Is(err, task.ErrNotRetryable) || !errors.Is(err, task.ErrTargetNotRegistered) {
+		t.Errorf("retry of a task whose target is not registered: %v; want ErrNotRetryable and ErrTargetNotRegistered", err)
+	}
+	wantStatus(t, b, ids["gone"], task.Failed)
+	if _, err := task.Retry(ctx, b, ids["kept"], ""); err != nil {
+		t.Errorf("retry of a task whose target is registered: %v", err)
+	}
+	wantStatus(t, b, ids["kept"], task.Enqueued)
 }
 
 func testRetry(t *testing.T, b queue.Backend) {
