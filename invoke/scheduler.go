@@ -665,6 +665,13 @@ func earliest(a, b time.Time) time.Time {
 func (s *Scheduler) begin(l *queue.Lease) *attempt {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	a := &attempt{ctx: ctx, cancel: cancel, lease: l}
+	if old, ok := s.running[l.ID]; ok {
+		// The store leased the task again: the attempt still here lost
+		// its lease (this process stalled past it), and a stop naming it
+		// could no longer find it once this one takes its place.
+		old.cancel(task.ErrLeaseLost)
+		s.endWaiting(old)
+	}
 	s.running[l.ID] = a
 	select {
 	case <-s.stopping:
@@ -761,6 +768,8 @@ func (s *Scheduler) launch(t *target, a *attempt) {
 			out = queue.Outcome{Status: task.Enqueued, Detail: "leased ahead and handed back: no slot freed in time"}
 		case errors.Is(cause, task.ErrStopped):
 			out = queue.Outcome{Status: task.Failed, Error: "stopped on request before the attempt started"}
+		case errors.Is(cause, task.ErrLeaseLost):
+			out = queue.Outcome{Status: task.Enqueued, Detail: "lease lost before the attempt started"}
 		case l.Attempt-1-l.RetryBase-l.Throttled > t.policy.MaxRetries:
 			// The attempt before was lost with its process (a crash, a
 			// SIGKILL) and never came back to be judged: past MaxRetries it
@@ -788,6 +797,8 @@ func (s *Scheduler) launch(t *target, a *attempt) {
 		// Record the outcome even while shutting down: it is what happened.
 		final, err := s.finish(l, out)
 		switch {
+		case errors.Is(err, task.ErrLeaseLost):
+			s.log.Warn("offload: the attempt lost its lease; another attempt has the task", "id", l.ID, "target", t.name, "attempt", l.Attempt)
 		case err != nil:
 			s.log.Error("offload: finish failed; the task runs again after a restart", "id", l.ID, "target", t.name, "err", err)
 		case final == task.Retrying || final == task.Failed || final == task.Expired:

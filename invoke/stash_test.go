@@ -259,3 +259,73 @@ func TestStopOfAnotherAttemptLeavesTheRunningOne(t *testing.T) {
 		}
 	})
 }
+
+// releaser passes on Leases, adding to the next one the leases pushed to
+// extra: a store that leased a task again after this process lost its
+// lease.
+type releaser struct {
+	queue.Backend
+	mu     sync.Mutex
+	leased []*queue.Lease
+	extra  chan *queue.Lease
+}
+
+func (r *releaser) Lease(ctx context.Context, now time.Time, reqs []queue.LeaseRequest) (*queue.LeaseResult, error) {
+	res, err := r.Backend.Lease(ctx, now, reqs)
+	if err != nil {
+		return res, err
+	}
+	select {
+	case l := <-r.extra:
+		res.Leases = append(res.Leases, l)
+	default:
+	}
+	r.mu.Lock()
+	r.leased = append(r.leased, res.Leases...)
+	r.mu.Unlock()
+	return res, nil
+}
+
+// A task leased again while its earlier attempt still runs here (this
+// process stalled past its lease): the earlier attempt is cancelled, its
+// lease lost, and the new one runs; a stop naming the lost attempt,
+// arriving later, leaves the new one alone.
+func TestReLeasedTaskCancelsTheLostAttempt(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		rl := &releaser{Backend: openQueue(t), extra: make(chan *queue.Lease, 1)}
+		tap := &noticeTap{Backend: rl}
+		s, err := invoke.New(tap, &invoke.Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := newGate()
+		if err := s.Register("work", g, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer runScheduler(t, s)()
+		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-g.entered // attempt 1 runs
+		rl.mu.Lock()
+		again := *rl.leased[0]
+		rl.mu.Unlock()
+		again.Attempt = 2
+		rl.extra <- &again
+		if _, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")}); err != nil {
+			t.Fatal(err) // its Lease brings attempt 2 along
+		}
+		synctest.Wait()
+		if len(g.causes) != 1 || <-g.causes != task.ErrLeaseLost {
+			t.Fatalf("attempt 1 was not cancelled as lost when attempt 2 of its task came")
+		}
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 1})
+		synctest.Wait()
+		if len(g.causes) != 0 {
+			t.Errorf("a stop of the lost attempt 1 cancelled attempt 2: %v", <-g.causes)
+		}
+		close(g.release)
+	})
+}
