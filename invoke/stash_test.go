@@ -304,6 +304,7 @@ func TestReLeasedTaskCancelsTheLostAttempt(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer runScheduler(t, s)()
+		defer close(g.release) // before the scheduler stops
 		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
 		if err != nil {
 			t.Fatal(err)
@@ -326,6 +327,5 @@ func TestReLeasedTaskCancelsTheLostAttempt(t *testing.T) {
 		if len(g.causes) != 0 {
 			t.Errorf("a stop of the lost attempt 1 cancelled attempt 2: %v", <-g.causes)
 		}
-		close(g.release)
 	})
 }
