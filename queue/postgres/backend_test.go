@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -225,36 +224,52 @@ func TestReapEndsStoppingTasksOnceRegistered(t *testing.T) {
 	}
 }
 
-// A task whose attempt died with its replica, of a target that no live
-// replica runs (a release that dropped it), is Invalid once reaped, as
-// recovery and Invalidate leave it in bbolt, rather than waiting forever.
-func TestReapedTaskOfUnregisteredTargetIsInvalid(t *testing.T) {
+// A task whose attempt died with its replica, reaped by a replica that
+// runs other targets, waits (Retrying) for a replica that runs its target:
+// the one that died, restarted. Its Stopping task is left for that replica
+// too, which ends it with the delivery only it knows of.
+func TestReapLeavesOtherReplicasTargets(t *testing.T) {
 	t.Parallel()
 	schema := newSchema(t)
 	opts := &postgres.Options{LeaseTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond}
-	a := openAt(t, schema, opts)
-	old, kept := mustEnqueue(t, a, job("old")), mustEnqueue(t, a, job("kept"))
-	if len(leaseAll(t, a, "old")) != 1 || len(leaseAll(t, a, "kept")) != 1 {
-		t.Fatal("lease")
+	a, b := openAt(t, schema, opts), openAt(t, schema, opts)
+	if _, err := a.Invalidate(ctx, []string{"x"}); err != nil {
+		t.Fatal(err)
 	}
-	a.Crash()
-	b := openAt(t, schema, opts) // the new release runs "kept" and "new"
-	if n, err := b.Invalidate(ctx, []string{"kept", "new"}); err != nil || n != 0 {
-		t.Fatalf("Invalidate = %d, %v; want none waiting", n, err)
+	b.SetDestinations("y", false, true)
+	if _, err := b.Invalidate(ctx, []string{"x", "y"}); err != nil {
+		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "reaped", func() bool {
-		if err := b.Reap(); err != nil {
+	running, stopped := mustEnqueue(t, b, job("y")), mustEnqueue(t, b, job("y"))
+	if n := len(leaseAll(t, b, "y")); n != 2 {
+		t.Fatalf("leased %d; want 2", n)
+	}
+	if _, err := task.Stop(ctx, b, stopped); err != nil {
+		t.Fatal(err)
+	}
+	b.Crash()
+	eventually(t, 10*time.Second, "reaped by a", func() bool {
+		if err := a.Reap(); err != nil {
 			t.Fatal(err)
 		}
-		return status(t, b, old).Status != task.Running && status(t, b, kept).Status != task.Running
+		return status(t, a, running).Status != task.Running
 	})
-	if tk := status(t, b, old); tk.Status != task.Invalid || !strings.Contains(tk.LastError, `target "old" is not registered`) {
-		t.Errorf("task of the dropped target is %s (%q); want Invalid", tk.Status, tk.LastError)
+	if tk := status(t, a, running); tk.Status != task.Retrying {
+		t.Errorf("b's running task, reaped by a: %s (%q); want Retrying", tk.Status, tk.LastError)
 	}
-	if tk := status(t, b, kept); tk.Status != task.Retrying {
-		t.Errorf("task of a registered target is %s; want Retrying", tk.Status)
+	if tk := status(t, a, stopped); tk.Status != task.Stopping {
+		t.Errorf("b's stopping task after a's reap: %s; want Stopping, left for a replica that runs y", tk.Status)
 	}
-	if err := b.Check(ctx); err != nil {
+	b2 := openAt(t, schema, opts) // b restarts
+	b2.SetDestinations("y", false, true)
+	if _, err := b2.Invalidate(ctx, []string{"x", "y"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the stopped task ended", func() bool { return status(t, b2, stopped).Status == task.Stopped })
+	if tk := status(t, b2, stopped); len(tk.Deliveries) != 1 || tk.Deliveries[0].Destination != task.OnFailure {
+		t.Errorf("stopped task's deliveries %+v; want its onFailure delivery", tk.Deliveries)
+	}
+	if err := b2.Check(ctx); err != nil {
 		t.Error(err)
 	}
 }

@@ -169,7 +169,7 @@ func (q *Queue) Invalidate(ctx context.Context, known []string) (int, error) {
 	if _, err := q.pool.Exec(ctx, q.sql.registerTargets, q.owner, known, q.opts.LeaseTimeout.Microseconds()); err != nil {
 		return 0, fmt.Errorf("postgres: invalidate: %w", err)
 	}
-	if !q.registered.Swap(true) {
+	if q.known.Swap(&known) == nil {
 		select {
 		case q.reapNow <- struct{}{}: // Stopping tasks left by a dead replica
 		default:

@@ -32,10 +32,10 @@
 // database's clock. A heartbeat extends the leases of the attempts still
 // running every Options.HeartbeatInterval. Every replica reaps expired
 // leases (a dead replica's), making their tasks ready again, within about
-// Options.LeaseTimeout. A task that was Stopping is ended Stopped, and one
-// of a target no live replica runs is Invalid, only by a replica whose
-// scheduler has registered its targets (Invalidate): its destinations are
-// known by then. Finish and Report are fenced on the attempt and
+// Options.LeaseTimeout. A task that was Stopping is ended Stopped, with
+// its delivery, by a replica whose scheduler has registered its target
+// (Invalidate): only that one knows its destinations (or by any, once no
+// replica has listed the target for an hour). Finish and Report are fenced on the attempt and
 // the lease owner: an attempt whose lease was lost gets task.ErrLeaseLost
 // and its heartbeat cancels it.
 //

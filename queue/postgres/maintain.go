@@ -139,7 +139,7 @@ func (q *Queue) reapLoop() {
 func (q *Queue) reapExpired() error {
 	for {
 		ctx, cancel := context.WithTimeout(q.life, q.opts.Timeout)
-		n, err := q.reclaim(ctx, q.sql.reap, []any{reapBatch, q.registered.Load()}, "lease expired")
+		n, err := q.reclaim(ctx, q.sql.reap, []any{reapBatch, q.known.Load()}, "lease expired")
 		cancel()
 		if err != nil || n < reapBatch {
 			return err
@@ -151,7 +151,7 @@ func (q *Queue) nextExpiry() (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(q.life, 10*time.Second)
 	defer cancel()
 	var secs pgtype.Float8
-	if err := q.pool.QueryRow(ctx, q.sql.nextExpiry, q.registered.Load()).Scan(&secs); err != nil || !secs.Valid {
+	if err := q.pool.QueryRow(ctx, q.sql.nextExpiry, q.known.Load()).Scan(&secs); err != nil || !secs.Valid {
 		return 0, false
 	}
 	return time.Duration(secs.Float64 * float64(time.Second)), true
@@ -168,10 +168,7 @@ func (q *Queue) abandon(ctx context.Context) (int, error) {
 
 // reclaim ends the attempts that the statement sel selects (rowCols, rows
 // locked): as after a lost process, a Running task is ready again at once
-// with the attempt counted, and a Stopping one is Stopped. Once this
-// replica has registered its targets, a task whose target no live replica
-// runs is Invalid instead, as Invalidate would have made it had it been
-// waiting.
+// with the attempt counted, and a Stopping one is Stopped.
 func (q *Queue) reclaim(ctx context.Context, sel string, args []any, why string) (int, error) {
 	t := q.newTxn(shardOther)
 	s, err := q.begin(ctx)
@@ -189,32 +186,11 @@ func (q *Queue) reclaim(ctx context.Context, sel string, args []any, why string)
 	if len(t.rows) == 0 {
 		return 0, nil
 	}
-	unregistered := map[string]bool{}
-	if q.registered.Load() {
-		var targets []string
-		for _, r := range t.rows {
-			targets = append(targets, r.target)
-		}
-		b = &pgx.Batch{}
-		b.Queue(q.sql.unregistered, targets).Query(func(rows pgx.Rows) error {
-			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			for _, n := range names {
-				unregistered[n] = true
-			}
-			return err
-		})
-		if err := s.send(b); err != nil {
-			return 0, err
-		}
-	}
 	for _, r := range t.rows {
 		detail := fmt.Sprintf("process lost during attempt %d (%s)", r.attempts, why)
 		to := task.Retrying
-		switch {
-		case r.status == task.Stopping:
+		if r.status == task.Stopping {
 			to = task.Stopped
-		case unregistered[r.target]:
-			to, detail = task.Invalid, detail+fmt.Sprintf("; target %q is not registered", r.target)
 		}
 		r.lastError = detail
 		t.move(r, to, t.now, detail)

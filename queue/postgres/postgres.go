@@ -123,11 +123,11 @@ type Queue struct {
 	closeErr error
 	commits  atomic.Int64 // committer transactions, for benchmarks
 	paused   atomic.Bool  // heartbeats skipped, as by a stalled process (tests)
-	// registered is set once Invalidate has recorded the targets this
-	// replica runs: its scheduler has set their destinations by then, so
-	// its reaper may end Stopping tasks (whose deliveries need them) and
-	// tell the targets no live replica runs.
-	registered atomic.Bool
+	// known are the targets this replica runs, once Invalidate has
+	// recorded them (nil before): its scheduler has set their destinations
+	// by then, so its reaper may end their Stopping tasks, whose
+	// deliveries need them.
+	known atomic.Pointer[[]string]
 
 	noticeMu   sync.Mutex // guards notices
 	notices    []queue.Notice

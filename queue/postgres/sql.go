@@ -1,12 +1,23 @@
 package postgres
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // rowCols are the columns of a task that a status change reads (see row).
 const rowCols = `key, caller_id, target, status, attempts, retry_base, throttled, created_at, enqueued_at,
 	ready_at, started_at, finished_at, lease_owner, last_error, events, deliveries`
 
 // taskCols are the columns a task.Task is built from (see scanTask).
+// reapStopping selects, of the Stopping tasks, those that the replica
+// whose targets are the parameter %[1]s may end with their deliveries: of
+// its own targets, or of targets that no replica lists any more (a dead
+// one's record stays an hour, time for it to come back); none before it
+// registered (NULL).
+const reapStopping = `(target = ANY(%[1]s::text[]) OR (%[1]s::text[] IS NOT NULL AND NOT EXISTS
+	(SELECT 1 FROM {s}.replicas p WHERE target = ANY(p.targets))))`
+
 const taskCols = `key, caller_id, target, status, attempts, retry_base, created_at, enqueued_at, ready_at,
 	started_at, finished_at, last_error, events, request, response_status, response_header, response_body,
 	response_size, progress, logs, deliveries`
@@ -36,7 +47,7 @@ type statements struct {
 	heartbeat, extendClaims, releaseClaims string
 	reap, nextExpiry, abandon              string
 	waitingTargets, invalidate             string
-	unregistered, registered               string
+	registered                             string
 	registerTargets, extendReplica         string
 	dropReplica, sweepReplicas             string
 	purge, deleteBlobs, sweepBlobs         string
@@ -140,17 +151,17 @@ func newStatements(schema string) statements {
 			FROM (SELECT id FROM {s}.outbox WHERE claimed_by = $1 ORDER BY id FOR UPDATE) AS l WHERE o.id = l.id`),
 		releaseClaims: s(`UPDATE {s}.outbox AS o SET claimed_by = NULL, claim_expires_at = NULL
 			FROM (SELECT id FROM {s}.outbox WHERE claimed_by = $1 ORDER BY id FOR UPDATE) AS l WHERE o.id = l.id`),
-		// $2: Stopping tasks too (see Queue.registered).
-		reap: s(`SELECT {rowCols} FROM {s}.tasks WHERE (status = 2 OR (status = 6 AND $2)) AND lease_expires_at < now()
-			ORDER BY key LIMIT $1 FOR UPDATE SKIP LOCKED`),
+		// A Stopping task ends with its delivery, whose rules only a replica
+		// that runs its target has (see Queue.known): $2 are this replica's
+		// targets, NULL before it registered them. One that no live replica
+		// runs has no delivery to owe.
+		reap: s(`SELECT {rowCols} FROM {s}.tasks WHERE (status = 2 OR (status = 6 AND ` + fmt.Sprintf(reapStopping, "$2") + `))
+			AND lease_expires_at < now() ORDER BY key LIMIT $1 FOR UPDATE SKIP LOCKED`),
 		nextExpiry: s(`SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 FROM {s}.tasks
-			WHERE status = 2 OR (status = 6 AND $1)`),
+			WHERE status = 2 OR (status = 6 AND ` + fmt.Sprintf(reapStopping, "$1") + `)`),
 		// Whether any replica is live, and whether one runs target $1.
 		registered: s(`SELECT EXISTS (SELECT 1 FROM {s}.replicas WHERE expires_at > now()),
 			EXISTS (SELECT 1 FROM {s}.replicas WHERE expires_at > now() AND $1 = ANY(targets))`),
-		// Which of the targets $1 no live replica runs.
-		unregistered: s(`SELECT t FROM unnest($1::text[]) AS u(t)
-			EXCEPT SELECT unnest(targets) FROM {s}.replicas WHERE expires_at > now()`),
 		abandon: s(`SELECT {rowCols} FROM {s}.tasks WHERE lease_owner = $1 AND status IN (2, 6)
 			ORDER BY key FOR UPDATE`),
 		// Targets with waiting tasks that neither the caller nor another
