@@ -149,11 +149,13 @@ func (s *Scheduler) try(d *queue.Delivery) queue.DeliveryResult {
 		if cond == destination.RetriesExhausted || cond == destination.NonRetryableError {
 			cond = t.policy.failedCondition(tk)
 		}
-		if !ok || (cond == destination.Success) != (d.Destination == task.OnSuccess) {
-			// Retried since the finish this delivery was for: that
-			// finish's record is gone, and the task's next finish owes
-			// a delivery of its own. Sending this one would give the
-			// destination a record of another outcome.
+		if !ok || (cond == destination.Success) != (d.Destination == task.OnSuccess) ||
+			(!d.FinishedAt.IsZero() && !d.FinishedAt.Equal(tk.FinishedAt)) {
+			// Retried since the finish this delivery was for (the retry
+			// superseded it after this read): that finish's record is
+			// gone, and the task's next finish owes a delivery of its own.
+			// Sending this one would give the destination another
+			// finish's record.
 			return queue.DeliveryResult{Error: fmt.Sprintf("task was retried before its %s record was delivered; it is %s now", d.Destination, tk.Status)}
 		}
 		rec := destination.NewRecord(tk, cond)

@@ -844,6 +844,70 @@ func dstCorrupt(t *testing.T, path, id string) {
 	}
 }
 
+// holdGet holds the first GetTask made after arm until release closes:
+// the deliverer's read of a task it is about to deliver for.
+type holdGet struct {
+	queue.Backend
+	armed         atomic.Bool
+	held, release chan struct{}
+}
+
+func (h *holdGet) GetTask(ctx context.Context, id string) (*task.Task, error) {
+	if h.armed.CompareAndSwap(true, false) {
+		close(h.held)
+		<-h.release
+	}
+	return h.Backend.GetTask(ctx, id)
+}
+
+// A delivery already read from the outbox when its task is retried, and
+// fails again, is not sent with the later finish's record: the
+// destination gets that one once, by the later finish's own delivery.
+func TestDestinationReadBeforeRetry(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		q := testutil.OpenQueue(t, dstQueueOptions(t))
+		h := &holdGet{Backend: q, held: make(chan struct{}), release: make(chan struct{})}
+		s, err := invoke.New(h, &invoke.Options{Logger: dstLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		onFailure := newDstSink()
+		err = s.Register("work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadRequest) // fails at once
+		}), &invoke.Policy{OnFailure: onFailure})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer runScheduler(t, s)()
+		released := false
+		defer func() {
+			if !released {
+				close(h.release)
+			}
+		}()
+		h.armed.Store(true)
+		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: dstRequest("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-h.held                // attempt 1 failed; its delivery is being tried
+		dstAdvance(time.Second) // the retry comes later (in the bubble, time moves only so)
+		if _, err := task.Retry(context.Background(), q, r.ID, ""); err != nil {
+			t.Fatal(err)
+		}
+		if rec := onFailure.next(t, time.Minute); rec.RequestContext.ApproximateInvokeCount != 2 {
+			t.Fatalf("first record delivered is of attempt %d; want 2", rec.RequestContext.ApproximateInvokeCount)
+		}
+		close(h.release)
+		released = true
+		synctest.Wait()
+		if n := len(onFailure.recs); n != 0 {
+			t.Errorf("the delivery read before the retry sent a record too (attempt %d)", (<-onFailure.recs).RequestContext.ApproximateInvokeCount)
+		}
+	})
+}
+
 // An attempt that times out before its handler writes a status records no
 // status (not net/http's implied 200), and its failure is
 // RetriesExhausted, not the NonRetryableError a Classify of 0 would say.

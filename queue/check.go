@@ -150,11 +150,11 @@ func (q *Queue) Check() error {
 		})
 		owed := map[string]bool{} // key16 + kind of every outbox entry
 		_ = tx.Bucket(bOutbox).ForEach(func(k, _ []byte) error {
-			if len(k) != 25 {
+			if !outboxKeyOK(k) {
 				report("outbox key %x malformed", k)
 				return nil
 			}
-			owed[string(k[8:])] = true
+			owed[string(k[8:25])] = true
 			if r, ok := lookup("outbox", k[8:24]); ok && !hasPending(r.st, kindName(k[24])) {
 				report("outbox owes %s %s, whose record has no pending delivery", ulidString(k[8:24]), kindName(k[24]))
 			}

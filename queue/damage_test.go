@@ -31,27 +31,14 @@ func TestDamagedRecordFailsOnlyItsOwnOp(t *testing.T) {
 	good := enqueue(t, q, &queue.Job{Target: "dmg"})
 	enqueue(t, q, &queue.Job{Target: "run"})
 	running := leaseAll(t, q, time.Now(), "run")[0]
-	if err := q.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	editClosed(t, q, path, func(tx *bolt.Tx) error {
 		badKey, runKey := ulid.MustParseStrict(bad), ulid.MustParseStrict(running.ID)
 		if err := tx.Bucket([]byte("tasks")).Put(badKey[:], []byte{0xff}); err != nil {
 			return err
 		}
 		return tx.Bucket([]byte("state")).Put(runKey[:], []byte{0xff})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	q, err = queue.Open(path, &queue.Options{Logger: discard}) // recovery passes the damaged Running task over
+	q, err := queue.Open(path, &queue.Options{Logger: discard}) // recovery passes the damaged Running task over
 	if err != nil {
 		t.Fatal(err)
 	}

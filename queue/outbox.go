@@ -17,7 +17,10 @@ import (
 // has them. An entry is written in the transaction that finishes its task,
 // so a crash between finishing and delivering loses none.
 //
-// Outbox key: dueNs(8) key16 kind(1) -> tries(4) lastError.
+// Outbox key: dueNs(8) key16 kind(1) finishedNs(8) -> tries(4) lastError.
+// finishedNs names the finish the delivery is for (a task retried and
+// finished again owes another); entries written before it was kept lack
+// it (25 bytes).
 var bOutbox = []byte("outbox")
 
 const (
@@ -44,6 +47,9 @@ type Delivery struct {
 	Destination string
 	// Tries counts the earlier tries.
 	Tries int
+	// FinishedAt is when the task finished as this delivery reports; zero
+	// if the store does not say. A task retried since has finished again.
+	FinishedAt time.Time
 	// Key is the backend's own handle for the delivery.
 	Key []byte
 }
@@ -89,7 +95,8 @@ func (w *writer) outbox(key []byte, m *jobMeta, s *state, to task.Status) error 
 	if w.destinations[m.target]&bit == 0 {
 		return nil
 	}
-	if err := putOutbox(w.tx.Bucket(bOutbox), w.now, key, kind, outboxValue(0, "")); err != nil {
+	k := binary.BigEndian.AppendUint64(append(timeKey(w.now, key), kind), uint64(s.FinishedAt.UnixNano()))
+	if err := w.tx.Bucket(bOutbox).Put(k, outboxValue(0, "")); err != nil {
 		return err
 	}
 	s.Deliveries = TrimDeliveries(append(s.Deliveries, task.Delivery{Destination: kindName(kind), Status: task.DeliveryPending, UpdatedAt: w.now}))
@@ -111,7 +118,7 @@ func (w *writer) supersede(key []byte, s *state) error {
 	var stale [][]byte
 	c := ob.Cursor()
 	for k, _ := c.First(); k != nil && len(stale) < pending; k, _ = c.Next() {
-		if len(k) == 25 && bytes.Equal(k[8:24], key) {
+		if outboxKeyOK(k) && bytes.Equal(k[8:24], key) {
 			stale = append(stale, bytes.Clone(k))
 		}
 	}
@@ -152,15 +159,17 @@ func TrimDeliveries(ds []task.Delivery) []task.Delivery {
 	return ds
 }
 
-func outboxKey(due time.Time, key []byte, kind byte) []byte {
-	return append(timeKey(due, key), kind)
-}
+// outboxKeyOK reports whether k has an outbox key's length, with or
+// without its finish time.
+func outboxKeyOK(k []byte) bool { return len(k) == 25 || len(k) == 33 }
 
-// putOutbox writes the outbox entry of a delivery due at due. A task has
-// one pending delivery at most (a retry supersedes its last finish's), so
-// no other entry has its key.
-func putOutbox(ob *bolt.Bucket, due time.Time, key []byte, kind byte, value []byte) error {
-	return ob.Put(outboxKey(due, key, kind), value)
+// outboxFinish returns the finish time an outbox key names, or zero for an
+// entry that does not say.
+func outboxFinish(k []byte) time.Time {
+	if len(k) != 33 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[25:]))).UTC()
 }
 
 func outboxValue(tries int, lastError string) []byte {
@@ -187,10 +196,10 @@ func (q *Queue) PendingDeliveries(ctx context.Context, now time.Time, max int, s
 			if len(out) == max {
 				return nil
 			}
-			if skip(string(k)) || len(k) != 25 || len(v) < 4 {
+			if skip(string(k)) || !outboxKeyOK(k) || len(v) < 4 {
 				continue
 			}
-			d := &Delivery{Destination: kindName(k[24]), Tries: int(binary.BigEndian.Uint32(v)), Key: bytes.Clone(k)}
+			d := &Delivery{Destination: kindName(k[24]), Tries: int(binary.BigEndian.Uint32(v)), FinishedAt: outboxFinish(k), Key: bytes.Clone(k)}
 			if m, _, err := decodeMeta(tx.Bucket(bTasks).Get(k[8:24])); err == nil {
 				d.TaskID, d.Target = taskID(k[8:24], m), m.target
 			} else {
@@ -216,8 +225,8 @@ type deliveryOp struct {
 func (o *deliveryOp) apply(w *writer) error {
 	k := o.d.Key
 	ob := w.tx.Bucket(bOutbox)
-	if len(k) != 25 || ob.Get(k) == nil {
-		return nil // already finished
+	if !outboxKeyOK(k) || ob.Get(k) == nil {
+		return nil // already finished, or superseded by a retry
 	}
 	if err := ob.Delete(k); err != nil {
 		return err
@@ -227,7 +236,8 @@ func (o *deliveryOp) apply(w *writer) error {
 	switch {
 	case o.res.Error != "" && !o.res.RetryAt.IsZero():
 		status = task.DeliveryPending
-		if err := putOutbox(ob, o.res.RetryAt, key, k[24], outboxValue(tries, o.res.Error)); err != nil {
+		// Due later; the rest of the key (task, kind, finish) stays.
+		if err := ob.Put(append(timeKey(o.res.RetryAt, nil), k[8:]...), outboxValue(tries, o.res.Error)); err != nil {
 			return err
 		}
 		w.notices = append(w.notices, Notice{Kind: DeliveryReady})

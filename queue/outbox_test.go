@@ -1,9 +1,14 @@
 package queue_test
 
 import (
+	"bytes"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/offload-go/offload/internal/testutil"
 	"github.com/offload-go/offload/queue"
@@ -124,5 +129,44 @@ func TestPurgeGoesPastTasksWithPendingDeliveries(t *testing.T) {
 	}
 	if err := q.Check(); err != nil {
 		t.Error(err)
+	}
+}
+
+// An outbox entry written before entries named their finish (a 25-byte
+// key) is still read, delivered and recorded, its finish unknown.
+func TestOutboxEntryWithoutFinish(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "old.db")
+	q, err := queue.Open(path, &queue.Options{Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.SetDestinations("d", false, true)
+	id := enqueue(t, q, &queue.Job{Target: "d", ReadyAt: time.Now().Add(time.Hour)})
+	if _, err := q.StopTask(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	editClosed(t, q, path, func(tx *bolt.Tx) error {
+		ob := tx.Bucket([]byte("outbox"))
+		k, v := ob.Cursor().First()
+		if len(k) != 33 {
+			return fmt.Errorf("outbox key of %d bytes; want 33", len(k))
+		}
+		old, val := bytes.Clone(k[:25]), bytes.Clone(v)
+		if err := ob.Delete(k); err != nil {
+			return err
+		}
+		return ob.Put(old, val)
+	})
+	q = openAt(t, path, nil)
+	ds := pending(t, q, time.Now().Add(time.Minute))
+	if len(ds) != 1 || ds[0].TaskID != id || !ds[0].FinishedAt.IsZero() {
+		t.Fatalf("pending deliveries %+v; want the old entry, its finish unknown", ds)
+	}
+	if err := q.FinishDelivery(ctx, ds[0], queue.DeliveryResult{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := status(t, q, id).Deliveries; len(d) != 1 || d[0].Status != task.DeliveryDelivered {
+		t.Errorf("deliveries %+v; want it delivered", d)
 	}
 }

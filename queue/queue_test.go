@@ -894,3 +894,20 @@ func TestCheckFindsCorruption(t *testing.T) {
 		})
 	}
 }
+
+// editClosed closes q and changes its database file with fn, as damage or
+// an older version would have left it.
+func editClosed(t *testing.T, q *queue.Queue, path string, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(fn)
+	if cerr := db.Close(); err != nil || cerr != nil {
+		t.Fatal(err, cerr)
+	}
+}

@@ -65,9 +65,10 @@ const (
 	DeliveryPending   DeliveryStatus = "pending"
 	DeliveryDelivered DeliveryStatus = "delivered"
 	DeliveryFailed    DeliveryStatus = "failed" // gave up after its tries
-	// DeliverySuperseded: the task was retried before the delivery went
-	// out. The finish it was for has no record any more, and the task's
-	// next finish owes a delivery of its own.
+	// DeliverySuperseded: the task was retried before the delivery was
+	// done. The finish it was for has no record any more (one being sent
+	// at that moment may still have gone out), and the task's next finish
+	// owes a delivery of its own.
 	DeliverySuperseded DeliveryStatus = "superseded"
 )
 

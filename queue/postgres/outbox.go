@@ -51,13 +51,14 @@ func (q *Queue) PendingDeliveries(ctx context.Context, now time.Time, maxN int, 
 				kind        string
 				tries       int32
 				due         time.Time
+				finished    pgtype.Timestamptz
 				cid, target pgtype.Text
 			)
-			if err := rows.Scan(&id, &key, &kind, &tries, &due, &cid, &target); err != nil {
+			if err := rows.Scan(&id, &key, &kind, &tries, &due, &finished, &cid, &target); err != nil {
 				rows.Close()
 				return nil, time.Time{}, fmt.Errorf("postgres: pending deliveries: %w", err)
 			}
-			d := &queue.Delivery{Destination: task.OnFailure, Tries: int(tries), Target: target.String, TaskID: cid.String}
+			d := &queue.Delivery{Destination: task.OnFailure, Tries: int(tries), FinishedAt: ts(finished), Target: target.String, TaskID: cid.String}
 			if kind == "s" {
 				d.Destination = task.OnSuccess
 			}

@@ -126,6 +126,12 @@ CREATE TABLE {s}.replicas (
 	expires_at timestamptz NOT NULL          -- by the database clock; extended by heartbeats
 );
 `,
+	// 3: the finish each delivery reports, so that one read before a retry
+	// superseded it is not sent with the next finish's record. NULL for
+	// the deliveries written before.
+	`
+ALTER TABLE {s}.outbox ADD COLUMN finished_at timestamptz;
+`,
 }
 
 // migrate brings the schema to the latest version. Replicas may call it

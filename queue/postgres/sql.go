@@ -112,8 +112,8 @@ func newStatements(schema string) statements {
 				lease_owner, lease_mode, last_error, events, deliveries, set_response, response_status,
 				response_header, response_body, response_size, progress, add_logs)
 		WHERE t.key = u.key`),
-		outboxAdd: s(`INSERT INTO {s}.outbox (key, kind, due_at)
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])`),
+		outboxAdd: s(`INSERT INTO {s}.outbox (key, kind, due_at, finished_at)
+			SELECT u.key, u.kind, u.at, u.at FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(key, kind, at)`),
 		outboxDone: s(`DELETE FROM {s}.outbox WHERE id = ANY($1::int8[])`),
 		outboxDrop: s(`DELETE FROM {s}.outbox WHERE key = ANY($1::uuid[])`),
 		outboxRetry: s(`UPDATE {s}.outbox AS o SET due_at = u.due, tries = u.tries, last_error = u.err,
@@ -201,7 +201,7 @@ func newStatements(schema string) statements {
 				ORDER BY due_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) AS c
 			LEFT JOIN {s}.tasks AS t ON t.key = c.key
 			WHERE o.id = c.id
-			RETURNING o.id, o.key, o.kind, o.tries, o.due_at, t.caller_id, t.target`),
+			RETURNING o.id, o.key, o.kind, o.tries, o.due_at, o.finished_at, t.caller_id, t.target`),
 		nextDelivery: s(`SELECT
 				(SELECT min(due_at) FROM {s}.outbox WHERE due_at > $1),
 				(SELECT extract(epoch FROM min(claim_expires_at) - now())::float8 FROM {s}.outbox

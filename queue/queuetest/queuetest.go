@@ -395,6 +395,8 @@ func testDeliveryHistory(t *testing.T, b queue.Backend) {
 		}
 		if ds := pending(); len(ds) != 1 || ds[0].TaskID != id {
 			t.Fatalf("after stop %d: %d pending deliveries %+v; want this finish's only", i+1, len(ds), ds)
+		} else if fin := get(t, b, id).FinishedAt; !ds[0].FinishedAt.Equal(fin) || (first != nil && fin.Equal(first.FinishedAt)) {
+			t.Fatalf("after stop %d: the delivery reports the finish at %v; the task finished at %v", i+1, ds[0].FinishedAt, fin)
 		} else if i == 0 {
 			first = ds[0]
 		}
