@@ -723,9 +723,6 @@ func TestBlobChunks(t *testing.T) {
 	}
 }
 
-// Strings that handlers and clients write (errors, logs, progress,
-// headers, idempotency keys, reasons) may hold NUL and invalid UTF-8,
-// which text and jsonb refuse: they are stored, cleaned, without failing
 // A blob shorter than the body its task records (damage, or a bug): the
 // lease gets no body (ErrNoBody: the task ends Invalid), not a shorter one.
 func TestShortBlob(t *testing.T) {
@@ -753,6 +750,9 @@ func TestShortBlob(t *testing.T) {
 	}
 }
 
+// Strings that handlers and clients write (errors, logs, progress,
+// headers, idempotency keys, reasons) may hold NUL and invalid UTF-8,
+// which text and jsonb refuse: they are stored, cleaned, without failing
 // the batch that carries other tasks' writes; idempotency keys stay exact.
 func TestHostileStrings(t *testing.T) {
 	t.Parallel()
