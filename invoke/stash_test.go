@@ -233,26 +233,14 @@ func TestStopOfAnotherAttemptLeavesTheRunningOne(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		tap := &noticeTap{Backend: openQueue(t)}
-		s, err := invoke.New(tap, &invoke.Options{Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := newGate()
-		if err := s.Register("work", g, nil); err != nil {
-			t.Fatal(err)
-		}
-		defer runScheduler(t, s)()
-		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-g.entered // attempt 1 runs
-		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 2})
+		g, id, stop := runGated(t, tap)
+		defer stop()
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: id, Attempt: 2})
 		synctest.Wait()
 		if len(g.causes) != 0 {
 			t.Fatalf("a stop of attempt 2 cancelled attempt 1: %v", <-g.causes)
 		}
-		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 1})
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: id, Attempt: 1})
 		synctest.Wait()
 		if len(g.causes) != 1 || <-g.causes != task.ErrStopped {
 			t.Errorf("a stop of attempt 1 did not cancel it")
@@ -295,37 +283,49 @@ func TestReLeasedTaskCancelsTheLostAttempt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rl := &releaser{Backend: openQueue(t), extra: make(chan *queue.Lease, 1)}
 		tap := &noticeTap{Backend: rl}
-		s, err := invoke.New(tap, &invoke.Options{Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := newGate()
-		if err := s.Register("work", g, nil); err != nil {
-			t.Fatal(err)
-		}
-		defer runScheduler(t, s)()
-		defer close(g.release) // before the scheduler stops
-		r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-g.entered // attempt 1 runs
+		g, id, stop := runGated(t, tap)
+		defer stop()
 		rl.mu.Lock()
 		again := *rl.leased[0]
 		rl.mu.Unlock()
 		again.Attempt = 2
 		rl.extra <- &again
-		if _, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")}); err != nil {
+		if _, err := tap.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")}); err != nil {
 			t.Fatal(err) // its Lease brings attempt 2 along
 		}
 		synctest.Wait()
 		if len(g.causes) != 1 || <-g.causes != task.ErrLeaseLost {
 			t.Fatalf("attempt 1 was not cancelled as lost when attempt 2 of its task came")
 		}
-		tap.send(queue.Notice{Kind: queue.StopRequested, ID: r.ID, Attempt: 1})
+		tap.send(queue.Notice{Kind: queue.StopRequested, ID: id, Attempt: 1})
 		synctest.Wait()
 		if len(g.causes) != 0 {
 			t.Errorf("a stop of the lost attempt 1 cancelled attempt 2: %v", <-g.causes)
 		}
 	})
+}
+
+// runGated runs a scheduler over b whose target "work" is a gate, enqueues
+// a task and returns once its first attempt is in the handler; stop opens
+// the gate and stops the scheduler.
+func runGated(t *testing.T, b queue.Backend) (g *gate, id string, stop func()) {
+	t.Helper()
+	s, err := invoke.New(b, &invoke.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = newGate()
+	if err := s.Register("work", g, nil); err != nil {
+		t.Fatal(err)
+	}
+	stopRun := runScheduler(t, s)
+	r, err := s.Enqueue(context.Background(), &queue.Job{Target: "work", Request: getRequest("/")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-g.entered
+	return g, r.ID, func() {
+		close(g.release)
+		stopRun()
+	}
 }
