@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,9 +49,7 @@ func (q *Queue) heartbeat(ctx context.Context) error {
 	q.mu.Unlock()
 	keys := make([][16]byte, 0, len(held))
 	for h := range held {
-		if !slices.Contains(keys, h.key) {
-			keys = append(keys, h.key)
-		}
+		keys = append(keys, h.key) // a key twice (two attempts) matches once in ANY
 	}
 	ttl := q.opts.LeaseTimeout.Microseconds()
 	if _, err := q.pool.Exec(ctx, q.sql.extendClaims, q.owner, ttl); err != nil {
